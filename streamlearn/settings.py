@@ -33,12 +33,38 @@ class Settings:
     """Seconds without a heartbeat after which a running job counts as orphaned (`STREAMLEARN_HEARTBEAT_TIMEOUT`)."""
     queued_timeout: float
     """Seconds a job may stay queued unpicked before a worker re-enqueues it (`STREAMLEARN_QUEUED_TIMEOUT`)."""
+    reconcile_interval: float = 30.0
+    """Seconds between a worker's crash-recovery sweeps of the catalogue (`STREAMLEARN_RECONCILE_INTERVAL`)."""
+    progress_interval: float = 2.0
+    """Least seconds between two progress/heartbeat writes of a running job (`STREAMLEARN_PROGRESS_INTERVAL`)."""
+    visibility_timeout: float | None = None
+    """Redis redelivery delay of an unacknowledged message (`STREAMLEARN_VISIBILITY_TIMEOUT`); None means
+    `task_time_limit` + 10 min, so a long job is never handed to a second worker while it runs."""
+    unacked_restore_interval: float = 10.0
+    """Seconds between Redis scans for expired unacknowledged messages (`STREAMLEARN_UNACKED_RESTORE_INTERVAL`)."""
+    unacked_restore_throttle: int = 10
+    """Run the Redis scan only every Nth interval (`STREAMLEARN_UNACKED_RESTORE_THROTTLE`)."""
+    broker_timeout: float = 2.5
+    """Seconds a client waits for the broker before `submit-task` fails (`STREAMLEARN_BROKER_TIMEOUT`)."""
+    queue: str = "streamlearn"
+    """Name of the Celery queue jobs are sent to and workers consume by default (`STREAMLEARN_QUEUE`)."""
 
     def __post_init__(self) -> None:
         if self.task_time_limit <= 0:
             raise InvalidConfig("STREAMLEARN_TASK_TIME_LIMIT must be a positive number of seconds")
         if self.heartbeat_timeout <= 0 or self.queued_timeout <= 0:
             raise InvalidConfig("STREAMLEARN_HEARTBEAT_TIMEOUT and _QUEUED_TIMEOUT must be positive")
+        if min(self.reconcile_interval, self.progress_interval, self.broker_timeout) <= 0:
+            raise InvalidConfig("STREAMLEARN_RECONCILE_INTERVAL, _PROGRESS_INTERVAL and _BROKER_TIMEOUT must be positive")
+        if self.visibility_timeout is not None and self.visibility_timeout <= 0:
+            raise InvalidConfig("STREAMLEARN_VISIBILITY_TIMEOUT must be positive")
+
+    @property
+    def redis_visibility_timeout(self) -> float:
+        """The Redis visibility timeout in force: above the task time limit unless set explicitly."""
+        if self.visibility_timeout is not None:
+            return self.visibility_timeout
+        return self.task_time_limit + 600.0
 
     @property
     def queue_dir(self) -> Path:
@@ -77,6 +103,13 @@ def load_settings() -> Settings:
         task_time_limit=int(_number("STREAMLEARN_TASK_TIME_LIMIT", 6 * 3600)),
         heartbeat_timeout=_number("STREAMLEARN_HEARTBEAT_TIMEOUT", 60.0),
         queued_timeout=_number("STREAMLEARN_QUEUED_TIMEOUT", 300.0),
+        reconcile_interval=_number("STREAMLEARN_RECONCILE_INTERVAL", 30.0),
+        progress_interval=_number("STREAMLEARN_PROGRESS_INTERVAL", 2.0),
+        visibility_timeout=_number("STREAMLEARN_VISIBILITY_TIMEOUT", 0.0) or None,
+        unacked_restore_interval=_number("STREAMLEARN_UNACKED_RESTORE_INTERVAL", 10.0),
+        unacked_restore_throttle=int(_number("STREAMLEARN_UNACKED_RESTORE_THROTTLE", 10)),
+        broker_timeout=_number("STREAMLEARN_BROKER_TIMEOUT", 2.5),
+        queue=os.environ.get("STREAMLEARN_QUEUE") or "streamlearn",
     )
 
 
