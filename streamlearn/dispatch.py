@@ -87,8 +87,11 @@ def transport_options(settings: Settings, *, client: bool = False) -> dict[str, 
 
 def celery_config(settings: Settings, *, client: bool = False) -> dict[str, Any]:
     """The Celery configuration common to the client and the worker."""
+    # The filesystem transport takes its folders from the options; naming a host keeps kombu from
+    # warning "No hostname was supplied" at every connection.
+    broker_url = "filesystem://localhost//" if settings.is_embedded_broker else settings.broker_url
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": broker_url,
         "broker_transport_options": transport_options(settings, client=client),
         "broker_connection_timeout": settings.broker_timeout,
         # Results live in the catalogue; no result backend is configured or needed.
