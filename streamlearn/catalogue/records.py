@@ -1,0 +1,441 @@
+"""Every write to the catalogue, and the only place where a job's status changes.
+
+A status change is one conditional UPDATE (`... WHERE id = :id AND status IN (allowed sources)`),
+checked against the explicit `TRANSITIONS` table. Because the condition and the write are one
+statement, two workers racing for the same job cannot both win, on SQLite or PostgreSQL.
+
+None of these functions commits: call each inside `session_scope()`, which commits the whole
+change (status, artifact, metrics) as one transaction or none of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from streamlearn.catalogue.models import Artifact, Backbone, Job, JobKind, JobStatus, Metric, Task, utcnow
+from streamlearn.errors import InvalidConfig, UnknownJob, UnknownTask
+
+Q, R, S, F = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED
+
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    Q: frozenset({R, F, Q}),  # picked up; refused or unsendable; re-sent after sitting unpicked
+    R: frozenset({S, F, Q}),  # finished; failed; re-queued because its worker stopped heartbeating
+    S: frozenset(),
+    F: frozenset(),  # a failed job stays failed: `--force` resubmits as a new job
+}
+"""Allowed status changes, from -> to. Anything else raises `InvalidTransition`."""
+
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+"""Task names: letters, digits, `_`, `.`, `-`; up to 128 characters; never `..`."""
+
+ARTIFACT_FIELDS = {"uri", "sha256", "bytes", "trainable_params", "stored_params", "method", "classes"}
+"""Required keys of the `artifact` dict of `mark_succeeded` (plus `backbone_id` or `backbone_fingerprint`)."""
+
+_MAX_ERROR_CHARS = 10_000
+
+
+class InvalidTransition(RuntimeError):
+    """A status change not in `TRANSITIONS`, or one lost to another process that got there first.
+
+    Deliberately not a StreamlearnError: a worker that catches StreamlearnError fails the job, and
+    failing a job another worker is running would be wrong. Catch this one and skip the job.
+    """
+
+    def __init__(self, job_id: str, current: JobStatus | str, target: JobStatus | str) -> None:
+        super().__init__(f"job {job_id}: {current} -> {target} is not allowed")
+        self.job_id, self.current, self.target = job_id, JobStatus(current), JobStatus(target)
+
+
+def spec_sha256(method: str, hyperparameters: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a job's method and hyperparameters (key order ignored)."""
+    canonical = json.dumps({"method": method, "hyperparameters": hyperparameters}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def ensure_backbone(s: Session, info: Mapping[str, Any]) -> Backbone:
+    """Return the backbone row with `info["fingerprint"]`, inserting it on first sight.
+
+    Args:
+        s: Session.
+        info: `dataclasses.asdict(BackboneInfo)`: name, path, fingerprint, layers, hidden, params, bytes.
+    """
+    fields = {k: info[k] for k in ("name", "path", "fingerprint", "layers", "hidden", "params", "bytes")}
+    found = s.scalar(select(Backbone).where(Backbone.fingerprint == fields["fingerprint"]))
+    if found is not None:
+        return found
+    try:
+        with s.begin_nested():
+            backbone = Backbone(**fields)
+            s.add(backbone)
+        return backbone
+    except IntegrityError:
+        # Another worker registered the same backbone between our SELECT and INSERT.
+        return s.scalars(select(Backbone).where(Backbone.fingerprint == fields["fingerprint"])).one()
+
+
+def _new_job(task: Task, method: str, hyperparameters: Mapping[str, Any], kind: JobKind, parent_id: str | None) -> Job:
+    now = utcnow()
+    return Job(
+        id=str(uuid.uuid4()), task=task, kind=JobKind(kind), parent_id=parent_id, method=method,
+        hyperparameters=dict(hyperparameters), spec_sha256=spec_sha256(method, hyperparameters),
+        status=Q, attempts=0, chosen=False, created_at=now, enqueued_at=now,
+    )
+
+
+def create_task_and_job(
+    s: Session,
+    *,
+    name: str,
+    dataset_sha256: str,
+    method: str,
+    hyperparameters: Mapping[str, Any],
+    files: Mapping[str, str] | None = None,
+    rows: Mapping[str, int] | None = None,
+    labels: Iterable[str] = (),
+    text_field: str = "text",
+    label_field: str = "label",
+    pair_field: str | None = None,
+    kind: JobKind | str = JobKind.TRAIN,
+    force: bool = False,
+) -> tuple[Task, Job, bool]:
+    """Create (or reuse) the task `name` and a queued job on it.
+
+    An identical resubmit (same task, same dataset, same method and hyperparameters, a job that has
+    not failed) returns that job instead of a new one, unless `force`.
+
+    Args:
+        s: Session.
+        name: Task name (see `TASK_NAME`).
+        dataset_sha256: sha256 of the training file, as stored in the artifact store.
+        method: `adapter`, `full`, `top-k`, `layernorm`, or `sweep` for a sweep's parent job.
+        hyperparameters: JSON-able method + training configuration (or the sweep spec).
+        files: Split -> sha256 of each stored file.
+        rows: Split -> number of examples.
+        labels: Label names in index order.
+        text_field: Name of the text field in the user's JSONL.
+        label_field: Name of the label field.
+        pair_field: Name of the optional second-text field.
+        kind: `train` or `sweep` (trials are made with `create_job`).
+        force: Always make a new job.
+
+    Returns:
+        `(task, job, created)`; `created` is False when an existing job was returned.
+
+    Raises:
+        InvalidConfig: a bad task name, or the task exists with a different dataset.
+    """
+    if not TASK_NAME.match(name) or ".." in name:
+        raise InvalidConfig(
+            f"task name {name!r} is not allowed: use letters, digits, '_', '.', '-' (up to 128, no '..')"
+        )
+    files = dict(files or {"train": dataset_sha256})
+    task = s.scalar(select(Task).where(Task.name == name))
+    if task is None:
+        try:
+            with s.begin_nested():
+                task = Task(
+                    name=name, dataset_sha256=dataset_sha256, files=files, rows=dict(rows or {}),
+                    labels=list(labels), text_field=text_field, label_field=label_field, pair_field=pair_field,
+                )
+                s.add(task)
+        except IntegrityError:
+            # A concurrent submit created the same task first: use it.
+            task = s.scalars(select(Task).where(Task.name == name)).one()
+    if task.dataset_sha256 != dataset_sha256 or task.files != files:
+        raise InvalidConfig(
+            f"task {name!r} already exists with another dataset (train sha256 {task.dataset_sha256[:12]}); "
+            "submit it under a new --name"
+        )
+    if not force:
+        same = s.scalar(
+            select(Job)
+            .where(
+                Job.task_id == task.id, Job.spec_sha256 == spec_sha256(method, hyperparameters),
+                Job.kind == JobKind(kind), Job.parent_id.is_(None), Job.status != F,
+            )
+            .order_by(Job.created_at.desc())
+            .limit(1)
+        )
+        if same is not None:
+            return task, same, False
+    job = _new_job(task, method, hyperparameters, JobKind(kind), None)
+    s.add(job)
+    s.flush()
+    return task, job, True
+
+
+def create_job(
+    s: Session,
+    task: Task | str,
+    *,
+    method: str,
+    hyperparameters: Mapping[str, Any],
+    kind: JobKind | str = JobKind.TRAIN,
+    parent_id: str | None = None,
+) -> Job:
+    """Add a queued job to an existing task, e.g. one trial of a sweep (`kind="trial", parent_id=...`).
+
+    Raises:
+        UnknownTask: no task of that name.
+        UnknownJob: `parent_id` names no job.
+    """
+    if isinstance(task, str):
+        task = find_task(s, task)
+    if parent_id is not None and s.get(Job, parent_id) is None:
+        raise UnknownJob(f"no job {parent_id}")
+    job = _new_job(task, method, hyperparameters, JobKind(kind), parent_id)
+    s.add(job)
+    s.flush()
+    return job
+
+
+def find_task(s: Session, name: str) -> Task:
+    """The task called `name`.
+
+    Raises:
+        UnknownTask: no task of that name.
+    """
+    task = s.scalar(select(Task).where(Task.name == name))
+    if task is None:
+        raise UnknownTask(f"no task named {name!r} (see `streamlearn tasks`)")
+    return task
+
+
+def find_job(s: Session, job_id: str) -> Job:
+    """The job with this id, or with this unique id prefix (at least 4 characters).
+
+    Raises:
+        UnknownJob: no such job, or the prefix is ambiguous.
+    """
+    job = s.get(Job, job_id)
+    if job is not None:
+        return job
+    if len(job_id) >= 4 and re.fullmatch(r"[0-9a-fA-F-]+", job_id):
+        matches = s.scalars(select(Job).where(Job.id.startswith(job_id.lower())).limit(2)).all()
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise UnknownJob(f"job id prefix {job_id!r} is ambiguous; give more characters")
+    raise UnknownJob(f"no job {job_id!r} (see `streamlearn jobs`)")
+
+
+def _transition(s: Session, job_id: str, to: JobStatus, *conditions: Any, **values: Any) -> Job:
+    """Move a job to `to` in one conditional UPDATE; raise when the table or a race forbids it."""
+    sources = [src for src, targets in TRANSITIONS.items() if to in targets]
+    result = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(sources), *conditions)
+        .values(status=to, **values)
+        .execution_options(synchronize_session=False)
+    )
+    job = s.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise UnknownJob(f"no job {job_id!r}")
+    if result.rowcount != 1:
+        raise InvalidTransition(job_id, job.status, to)
+    return job
+
+
+def mark_running(s: Session, job_id: str, host: str, pid: int) -> Job:
+    """queued -> running, recording the worker and a first heartbeat.
+
+    Raises:
+        InvalidTransition: the job is not queued (another worker took it, or it already ended).
+    """
+    now = utcnow()
+    return _transition(
+        s, job_id, R, worker_host=host, worker_pid=pid, started_at=now, heartbeat_at=now,
+        finished_at=None, error=None, epoch=None, step=None, total_steps=None, loss=None,
+    )
+
+
+def _owned_running(job_id: str, host: str | None, pid: int | None) -> list[Any]:
+    conditions = [Job.id == job_id, Job.status == R]
+    if host is not None:
+        conditions.append(Job.worker_host == host)
+    if pid is not None:
+        conditions.append(Job.worker_pid == pid)
+    return conditions
+
+
+def record_progress(
+    s: Session, job_id: str, epoch: int, step: int, total_steps: int, loss: float | None,
+    *, host: str | None = None, pid: int | None = None,
+) -> bool:
+    """Store a running job's progress; this is also its heartbeat.
+
+    Args:
+        host: When given with `pid`, update only if this worker still owns the job.
+        pid: See `host`.
+
+    Returns:
+        False when the job is no longer running (here): the worker should stop working on it.
+    """
+    result = s.execute(
+        update(Job).where(*_owned_running(job_id, host, pid))
+        .values(epoch=epoch, step=step, total_steps=total_steps, loss=None if loss is None else float(loss), heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def heartbeat(s: Session, job_id: str, *, host: str | None = None, pid: int | None = None) -> bool:
+    """Refresh a running job's heartbeat without progress (e.g. while evaluating or saving).
+
+    Returns:
+        False when the job is no longer running (here).
+    """
+    result = s.execute(
+        update(Job).where(*_owned_running(job_id, host, pid)).values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def _metric_rows(job_id: str, metrics: Mapping[str, Any]) -> list[Metric]:
+    rows = []
+    for split, values in metrics.items():
+        if values is None:
+            continue
+        if dataclasses.is_dataclass(values):
+            values = dataclasses.asdict(values)
+        split = "validation" if split == "val" else split
+        rows += [Metric(job_id=job_id, split=split, name=k, value=float(v)) for k, v in values.items() if v is not None]
+    return rows
+
+
+def mark_succeeded(s: Session, job_id: str, artifact: Mapping[str, Any], metrics: Mapping[str, Any]) -> Artifact:
+    """running -> succeeded, with its Artifact and Metric rows, in the caller's one transaction.
+
+    Idempotent: for a job that already succeeded it changes nothing and returns the stored artifact.
+
+    Args:
+        s: Session.
+        job_id: The job.
+        artifact: uri, sha256, bytes, trainable_params, stored_params, method, classes,
+            adapter_size (None unless an adapter), and backbone_id or backbone_fingerprint.
+        metrics: Split -> {name: value}, e.g. `{"validation": {"accuracy": 0.9}, "test": Metrics(...)}`
+            (dataclasses allowed; `val` is stored as `validation`).
+
+    Raises:
+        InvalidTransition: the job is not running (queued, failed).
+        ValueError: a missing or unknown artifact field, or an unknown backbone.
+    """
+    job = find_job(s, job_id)
+    if job.status == S and job.artifact is not None:
+        return job.artifact
+    fields = dict(artifact)
+    backbone_id = fields.pop("backbone_id", None)
+    fingerprint = fields.pop("backbone_fingerprint", None)
+    fields.setdefault("adapter_size", None)
+    missing, unknown = ARTIFACT_FIELDS - fields.keys(), fields.keys() - ARTIFACT_FIELDS - {"adapter_size"}
+    if missing or unknown or (backbone_id is None) == (fingerprint is None):
+        raise ValueError(
+            f"artifact fields: missing {sorted(missing)}, unknown {sorted(unknown)}; "
+            "give exactly one of backbone_id, backbone_fingerprint"
+        )
+    if fingerprint is not None:
+        backbone_id = s.scalar(select(Backbone.id).where(Backbone.fingerprint == fingerprint))
+        if backbone_id is None:
+            raise ValueError(f"unknown backbone {fingerprint[:12]}: call ensure_backbone first")
+    try:
+        _transition(s, job.id, S, finished_at=utcnow())
+    except InvalidTransition as lost:
+        if lost.current == S:  # a concurrent finaliser won the race; return what it stored
+            stored = s.scalar(select(Artifact).where(Artifact.job_id == job.id))
+            if stored is not None:
+                return stored
+        raise
+    row = Artifact(job_id=job.id, backbone_id=backbone_id, **fields)
+    s.add(row)
+    s.add_all(_metric_rows(job.id, metrics))
+    s.flush()
+    return row
+
+
+def mark_failed(s: Session, job_id: str, message: str) -> Job:
+    """queued|running -> failed, storing the message; a no-op for a job that already failed.
+
+    Raises:
+        InvalidTransition: the job already succeeded.
+    """
+    job = find_job(s, job_id)
+    if job.status == F:
+        return job
+    return _transition(s, job.id, F, finished_at=utcnow(), error=str(message)[:_MAX_ERROR_CHARS])
+
+
+def requeue(s: Session, job_id: str, *, stale_before: datetime | None = None) -> Job | None:
+    """running|queued -> queued again (attempts + 1), clearing worker and progress.
+
+    The caller enqueues the job's message afterwards. Used for a running job whose worker stopped
+    heartbeating, and for a queued job whose message was lost.
+
+    Args:
+        stale_before: Requeue only if the job is still stale at the moment of writing: running with
+            no heartbeat since this time, or queued since before it. Two workers reconciling at
+            once then requeue a job once.
+
+    Returns:
+        The job, or None when `stale_before` was given and the job is no longer stale.
+
+    Raises:
+        InvalidTransition: the job already ended.
+    """
+    conditions = []
+    if stale_before is not None:
+        conditions.append(or_(
+            and_(Job.status == R, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)),
+            and_(Job.status == Q, Job.enqueued_at < stale_before),
+        ))
+    try:
+        return _transition(
+            s, job_id, Q, *conditions, attempts=Job.attempts + 1, enqueued_at=utcnow(), worker_host=None,
+            worker_pid=None, started_at=None, heartbeat_at=None, epoch=None, step=None, total_steps=None, loss=None,
+        )
+    except InvalidTransition as refused:
+        if stale_before is not None and refused.current in (Q, R):
+            return None
+        raise
+
+
+def complete_sweep(s: Session, sweep_id: str, winner_id: str) -> list[str]:
+    """Mark a sweep succeeded with `winner_id` chosen, and remove every other trial's artifact row.
+
+    Selection happens once: the sweep's status change is the lock, so a second caller gets
+    InvalidTransition (or, for the same winner, an empty list).
+
+    Returns:
+        The URIs of the removed artifacts; delete those files after the commit (a crash in between
+        leaves a stray file, never a row that points at nothing).
+
+    Raises:
+        ValueError: `winner_id` is not a succeeded trial of this sweep with an artifact.
+        InvalidTransition: the sweep already ended with another winner, or failed.
+    """
+    sweep, winner = find_job(s, sweep_id), find_job(s, winner_id)
+    if sweep.kind != JobKind.SWEEP or winner.parent_id != sweep.id or winner.status != S or winner.artifact is None:
+        raise ValueError(f"job {winner_id} is not a succeeded trial with an artifact of sweep {sweep_id}")
+    if sweep.status == S and winner.chosen:
+        return []
+    if sweep.status == Q:
+        _transition(s, sweep.id, R, Job.status == Q, started_at=utcnow())
+    _transition(s, sweep.id, S, finished_at=utcnow())
+    s.execute(update(Job).where(Job.parent_id == sweep.id).values(chosen=Job.id == winner.id)
+              .execution_options(synchronize_session=False))
+    losers = select(Job.id).where(Job.parent_id == sweep.id, Job.id != winner.id)
+    uris = list(s.scalars(select(Artifact.uri).where(Artifact.job_id.in_(losers))))
+    s.execute(delete(Artifact).where(Artifact.job_id.in_(losers)).execution_options(synchronize_session=False))
+    s.expire_all()
+    return uris

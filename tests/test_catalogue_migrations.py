@@ -1,0 +1,155 @@
+"""The schema comes from the Alembic migration, on SQLite and PostgreSQL, and opening upgrades it."""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.config import Config
+from alembic import command
+from catalogue_fixtures import db_url, pg_database, pg_url, sqlite_url  # noqa: F401
+from sqlalchemy import inspect, text
+
+from streamlearn.catalogue import models, records, session
+from streamlearn.errors import StreamlearnError, TransientError
+
+TABLES = {"alembic_version", "backbones", "tasks", "jobs", "artifacts", "metrics"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_upgrade_creates_the_schema_from_empty(db_url: str) -> None:
+    """An empty database has no revision; `upgrade` brings it to head with all five tables."""
+    assert session.current_revision(db_url) is None
+    assert session.upgrade(db_url) == session.HEAD_REVISION
+    with session.get_engine(db_url).connect() as conn:
+        assert set(inspect(conn).get_table_names()) == TABLES
+
+
+def test_upgrade_twice_is_a_no_op(db_url: str) -> None:
+    """Running the migrations on an up-to-date catalogue changes nothing and keeps the data."""
+    with session.session_scope(db_url) as s:
+        records.ensure_backbone(s, {"name": "b", "path": "/b", "fingerprint": "1" * 64, "layers": 1,
+                                    "hidden": 2, "params": 3, "bytes": 12})
+    assert session.upgrade(db_url) == session.HEAD_REVISION
+    with session.session_scope(db_url) as s:
+        assert s.scalar(text("SELECT count(*) FROM backbones")) == 1
+
+
+def test_opening_an_empty_database_upgrades_it(db_url: str) -> None:
+    """The first session on a fresh database creates the schema, so a new user never runs `db upgrade`."""
+    with session.session_scope(db_url) as s:
+        assert s.scalar(text("SELECT count(*) FROM tasks")) == 0
+    assert session.current_revision(db_url) == session.HEAD_REVISION
+
+
+def test_models_and_migration_agree(db_url: str) -> None:
+    """Autogenerate finds no difference between the migrated schema and the SQLAlchemy models."""
+    session.upgrade(db_url)
+    with session.get_engine(db_url).connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, models.Base.metadata) == []
+
+
+def test_migration_downgrades_to_empty(db_url: str) -> None:
+    """Downgrading revision 0001 removes every table it created."""
+    session.upgrade(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(session.MIGRATIONS_DIR))
+    with session.get_engine(db_url).begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "base")
+    with session.get_engine(db_url).connect() as conn:
+        assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
+
+
+def test_head_revision_constant_matches_the_scripts() -> None:
+    """`session.HEAD_REVISION`, used for the instant on-open check, is the scripts' real head."""
+    config = Config()
+    config.set_main_option("script_location", str(session.MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(config).get_current_head() == session.HEAD_REVISION
+
+
+def test_package_data_ships_every_migration_file() -> None:
+    """Each file of the migrations folder matches a package-data glob, so a wheel install can upgrade."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["streamlearn"]
+    package = ROOT / "streamlearn"
+    files = [p.relative_to(package).as_posix() for p in (package / "migrations").rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts and p.suffix in {".py", ".ini"}]
+    assert "migrations/versions/0001_initial.py" in files
+    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), files
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:
+    """The SQLite catalogue's folder is created, and connections use WAL and a 30 s busy timeout."""
+    with session.get_engine(sqlite_url).connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == session.SQLITE_BUSY_TIMEOUT_MS
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    assert Path(sqlite_url.removeprefix("sqlite:///")).exists()
+
+
+def test_default_url_lives_under_streamlearn_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without STREAMLEARN_DATABASE_URL the catalogue is `catalogue.db` under STREAMLEARN_HOME."""
+    from streamlearn.settings import get_settings
+
+    monkeypatch.setenv("STREAMLEARN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("STREAMLEARN_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        assert session.resolve_url() == f"sqlite:///{tmp_path / 'home' / 'catalogue.db'}"
+        with session.session_scope() as s:
+            s.execute(text("SELECT 1"))
+        assert (tmp_path / "home" / "catalogue.db").exists()
+    finally:
+        session.reset_engines()
+        get_settings.cache_clear()
+
+
+def test_plain_postgresql_urls_use_psycopg() -> None:
+    """`postgresql://` and `postgres://` URLs are mapped to the installed psycopg 3 driver."""
+    assert session.resolve_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert session.resolve_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert session.resolve_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_newer_schema_is_refused(sqlite_url: str) -> None:
+    """A catalogue stamped by a newer streamlearn is not touched: opening it raises a clear error."""
+    session.upgrade(sqlite_url)
+    with session.get_engine(sqlite_url).begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    session.reset_engines()
+    with pytest.raises(StreamlearnError, match="newer"):
+        session.get_engine(sqlite_url)
+
+
+def test_unreachable_database_is_a_transient_error_with_a_masked_url() -> None:
+    """A PostgreSQL that does not answer raises TransientError whose message hides the password."""
+    url = "postgresql+psycopg://user:hunter2@127.0.0.1:1/nothing?connect_timeout=2"
+    try:
+        with pytest.raises(TransientError) as caught:
+            session.get_engine(url)
+    finally:
+        session.reset_engines()
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_timestamps_round_trip_as_aware_utc(db_url: str) -> None:
+    """A timestamp written in another zone is read back as the same instant, tagged UTC."""
+    local = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=5)))
+    with session.session_scope(db_url) as s:
+        task, job, _ = records.create_task_and_job(
+            s, name="t", dataset_sha256="0" * 64, method="adapter", hyperparameters={})
+        job.heartbeat_at = local
+        job_id = job.id
+    session.reset_engines()
+    with session.session_scope(db_url) as s:
+        job = s.get(models.Job, job_id)
+        assert job.heartbeat_at == local and job.heartbeat_at.utcoffset() == timedelta(0)
+        assert job.created_at.tzinfo is not None
