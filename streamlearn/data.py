@@ -139,7 +139,7 @@ def _decode(path: Path, lineno: int, line: bytes, last: bool, spec: DataSpec) ->
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()):
+        if text.lstrip().startswith("{") and (exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")):
             hint = " (the file ends mid-line)" if last else ""
             raise InvalidDataset(f"{where}: truncated line, the JSON object ends early{hint}") from None
         raise InvalidDataset(f"{where}: not a JSON object ({exc.msg} at column {exc.colno})") from None

@@ -1,0 +1,221 @@
+"""Engine commands: `train` (in-process, no queue or catalogue), `backbone`, `predict` on an artifact.
+
+torch and transformers are imported inside the commands, never at module level, so that the
+read-only commands of the other CLI modules stay instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from streamlearn.cli import main
+from streamlearn.errors import InvalidConfig
+
+BACKBONE_HELP = (
+    "Backbone model directory (BERT, RoBERTa or DistilBERT layout). "
+    "Default: $STREAMLEARN_BACKBONE, else the packaged all-MiniLM-L6-v2."
+)
+
+
+def backbone_option(func):
+    """Add the shared `--backbone DIR` option (envvar STREAMLEARN_BACKBONE)."""
+    return click.option(
+        "--backbone", "backbone_dir", type=click.Path(file_okay=False), envvar="STREAMLEARN_BACKBONE", default=None, help=BACKBONE_HELP
+    )(func)
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+@main.command("train")
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--validation", type=click.Path(dir_okay=False), help="Validation JSONL. Default: a seeded, stratified 10% of DATA.")
+@click.option("--test", "test_file", type=click.Path(dir_okay=False), help="Test JSONL (optional); reported for the best epoch.")
+@click.option("--method", type=click.Choice(["adapter", "full", "top-k", "layernorm"]), default="adapter", show_default=True,
+              help="adapter: Houlsby adapters + LayerNorms + head; full: every weight (on a copy); "
+                   "top-k: the top K layers + head; layernorm: LayerNorms + head.")
+@click.option("--adapter-size", type=click.IntRange(1, 8192), default=64, show_default=True, help="Adapter bottleneck width m.")
+@click.option("--top-k", type=click.IntRange(1, None), default=1, show_default=True, help="Layers fine-tuned by --method top-k (at most L).")
+@click.option("--sigma", type=click.FloatRange(0, 1, min_open=True), default=1e-2, show_default=True, help="Std of the adapters' truncated-normal init.")
+@click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean", show_default=True, help="Head pooling over token states.")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True, help="Passes over the training set.")
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Peak learning rate. Default per method: adapter 1e-3, layernorm 1e-3, top-k 1e-4, full 3e-5.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True, help="Examples per step.")
+@click.option("--max-length", type=click.IntRange(2, None), default=128, show_default=True,
+              help="Tokens per example after truncation (at most the backbone's position limit, 512 for MiniLM).")
+@click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True, help="Seed of init, shuffling, dropout and the carved split.")
+@click.option("--text-field", default="text", show_default=True, help="JSON field holding the text.")
+@click.option("--label-field", default="label", show_default=True, help="JSON field holding the label (string or integer).")
+@click.option("--train-cap", type=click.IntRange(2, None), default=None, help="Train on a seeded, stratified subset of at most N examples.")
+@backbone_option
+@click.option("--output", type=click.Path(file_okay=False), default="artifacts", show_default=True,
+              help="Folder for the artifact (<DATA stem>-<method>.safetensors + .json sidecar).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table; no progress bar.")
+def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr, batch_size,
+                  max_length, seed, text_field, label_field, train_cap, backbone_dir, output, as_json) -> None:
+    """Train one task in this process (no queue, no catalogue) and write its artifact.
+
+    DATA is a JSONL (or .jsonl.gz) file with one {"text": ..., "label": ...} object per line, and
+    optionally "text_pair" on every line for sentence-pair tasks. Labels may be strings or integers
+    (one type per file), 2 to 1000 classes. Every line is validated before training starts;
+    nothing is written when a file is invalid. Device: $STREAMLEARN_DEVICE (auto = CUDA when present).
+    """
+    from streamlearn.data import DataSpec, load_dataset
+
+    spec = DataSpec(text_field=text_field, label_field=label_field)
+    dataset = load_dataset(data, validation, test_file, spec=spec, seed=seed)
+    if train_cap is not None:
+        dataset = dataset.capped(train_cap, seed=seed)
+    from streamlearn.methods import MethodConfig
+    from streamlearn.training import TrainConfig
+
+    method_cfg = MethodConfig(method=method, adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling)
+    train_cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed)
+    stem = Path(data).name.split(".")[0] or "task"
+    target = Path(output) / f"{stem}-{method}.safetensors"
+    summary = run_train(dataset, method_cfg, train_cfg, backbone_dir, target, show_progress=not as_json)
+    if as_json:
+        _echo_json(summary)
+    else:
+        _render_summary(summary)
+
+
+def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: Path, show_progress: bool) -> dict:
+    """Fit and save one task; return the `train --json` summary."""
+    from streamlearn.backbone import load_backbone
+    from streamlearn.pipeline import fit, save
+
+    backbone = load_backbone(backbone_dir)
+    if show_progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+        with Progress(*columns, console=_stderr_console(), transient=True) as bar:
+            task_id = bar.add_task("train", total=None, epoch=1, loss=float("nan"))
+
+            def on_progress(epoch: int, step: int, total: int, loss: float) -> None:
+                bar.update(task_id, completed=step, total=total, epoch=epoch, loss=loss)
+
+            result = fit(dataset, method_cfg, train_cfg, backbone, on_progress)
+    else:
+        result = fit(dataset, method_cfg, train_cfg, backbone)
+    info = save(result, target)
+    return {
+        "method": method_cfg.method,
+        "trainable_params": result.trainable_params,
+        "backbone_params": result.backbone_params,
+        "stored_params": result.stored_params,
+        "bytes": info.bytes,
+        "artifact": str(info.path),
+        "val_accuracy": round(result.val.accuracy, 4),
+        "val_macro_f1": round(result.val.macro_f1, 4),
+        "test_accuracy": round(result.test.accuracy, 4) if result.test else None,
+        "test_macro_f1": round(result.test.macro_f1, 4) if result.test else None,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "train_examples_per_s": round(result.train_examples_per_s, 1),
+        "seconds": round(result.seconds, 1),
+    }
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _render_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for key, value in summary.items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    Console().print(table)
+
+
+@main.command("backbone")
+@backbone_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def backbone_command(backbone_dir, as_json) -> None:
+    """Describe the backbone: name, path, fingerprint (sha256 of its tensors), layers L, hidden d, params |w|."""
+    import dataclasses
+
+    from streamlearn.backbone import load_backbone
+
+    info = dataclasses.asdict(load_backbone(backbone_dir, device="cpu").info)
+    if as_json:
+        _echo_json(info)
+    else:
+        _render_summary(info)
+
+
+def predict_rows(artifact: str | Path, texts: list[str], input_file: str | None, backbone_dir: str | None,
+                 expected_sha256: str | None = None) -> dict:
+    """Predict a label and probability for each text (and each line of `input_file`).
+
+    Returns:
+        {"artifact", "predictions": [{"text", "label", "probability"}], and, when the input file
+        carries labels on every line, "accuracy" and "macro_f1"}.
+    """
+    from streamlearn.backbone import load_backbone
+    from streamlearn.data import Example, read_jsonl
+    from streamlearn.pipeline import load_predictor
+
+    examples = [Example(t, None) for t in texts]
+    if input_file is not None:
+        examples += read_jsonl(input_file, require_label=False)
+    if not examples:
+        raise InvalidConfig("nothing to predict: give TEXT arguments or --input FILE.jsonl")
+    if len({ex.text_pair is None for ex in examples}) > 1:
+        raise InvalidConfig("mix of single texts and text pairs; a task takes one kind")
+    predictor = load_predictor(artifact, load_backbone(backbone_dir), expected_sha256)
+    pairs = [ex.text_pair for ex in examples] if examples[0].text_pair is not None else None
+    preds = predictor.predict([ex.text for ex in examples], pairs)
+    out: dict = {"artifact": str(artifact), "predictions": [
+        {"text": ex.text, "label": label, "probability": round(prob, 6)} for ex, (label, prob) in zip(examples, preds)
+    ]}
+    if all(ex.label is not None for ex in examples):
+        metrics = predictor.evaluate(examples)
+        out.update(accuracy=metrics.accuracy, macro_f1=metrics.macro_f1)
+    return out
+
+
+def render_predictions(result: dict, as_json: bool) -> None:
+    """Print `predict_rows` output as JSON or as a table."""
+    if as_json:
+        _echo_json(result)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("text", "label", "probability")
+    for row in result["predictions"]:
+        text = row["text"] if len(row["text"]) <= 80 else row["text"][:77] + "..."
+        table.add_row(text, row["label"], f"{row['probability']:.3f}")
+    console = Console()
+    console.print(table)
+    if "accuracy" in result:
+        console.print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
+
+
+@main.command("predict")
+@click.argument("texts", nargs=-1)
+@click.option("--artifact", type=click.Path(dir_okay=False), required=True, help="A task artifact (.safetensors with its .json sidecar).")
+@click.option("--input", "input_file", type=click.Path(dir_okay=False),
+              help="JSONL with a text per line (labels optional; when all lines have one, accuracy is printed).")
+@backbone_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def predict_command(texts, artifact, input_file, backbone_dir, as_json) -> None:
+    """Print the most likely label and its probability for each TEXT and each --input line.
+
+    The artifact's sha256 and its backbone fingerprint are checked first; an artifact trained on
+    another backbone is refused.
+    """
+    render_predictions(predict_rows(artifact, list(texts), input_file, backbone_dir), as_json)
