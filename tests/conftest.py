@@ -113,3 +113,19 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()
+
+
+@pytest.fixture()
+def tiny_backbone(tiny_backbone_dir: str):
+    """The tiny BERT loaded as a frozen `Backbone` on the CPU (cached per process, like a worker's)."""
+    from streamlearn.backbone import load_backbone
+
+    return load_backbone(tiny_backbone_dir, device="cpu")
+
+
+@pytest.fixture()
+def tiny_dataset(tiny_task_files: dict[str, Path]):
+    """The tiny task files loaded as a validated `Dataset`."""
+    from streamlearn.data import load_dataset
+
+    return load_dataset(tiny_task_files["train"], tiny_task_files["validation"], tiny_task_files["test"])
