@@ -122,3 +122,39 @@ def finished_task(s, name: str, *, bytes_: int, m: int | None = 64, classes: int
         {"validation": {"accuracy": val}, "test": {"accuracy": test}},
     )
     return job.id
+
+
+def bulk_catalogue(s, tasks: int, *, bytes_of=lambda i: 2_423_816 + 1_096, m_of=lambda i: 64,
+                   classes_of=lambda i: 2 + i % 3, prefix_names: bool = False) -> None:
+    """Insert `tasks` finished tasks (task, succeeded job, artifact, two metrics each) in a few bulk statements.
+
+    Tasks are named `task-00000`, ... (or `<random>-00000`, ... with `prefix_names`, to add more).
+    """
+    from sqlalchemy import insert
+
+    from streamlearn.catalogue.models import Artifact, Job, JobStatus, Metric, Task, utcnow
+
+    from sqlalchemy import select
+
+    bb = records.ensure_backbone(s, MINILM)
+    now, prefix = utcnow(), uuid.uuid4().hex[:8]
+    names = [f"{prefix}-{i:05d}" if prefix_names else f"task-{i:05d}" for i in range(tasks)]
+    s.execute(insert(Task), [
+        {"name": names[i], "created_at": now, "dataset_sha256": f"{i:064x}", "files": {},
+         "rows": {"train": 100}, "labels": ["a", "b"], "text_field": "text", "label_field": "label"}
+        for i in range(tasks)])
+    task_ids = dict(s.execute(select(Task.name, Task.id).where(Task.name.in_(names))).all())
+    job_ids = [f"{prefix}-{i:04x}-4000-8000-{i:012x}"[:36] for i in range(tasks)]
+    s.execute(insert(Job), [
+        {"id": job_ids[i], "task_id": task_ids[names[i]], "kind": "train", "method": "adapter",
+         "hyperparameters": {"m": m_of(i)}, "spec_sha256": "0" * 64, "status": JobStatus.SUCCEEDED, "attempts": 0,
+         "chosen": False, "created_at": now, "enqueued_at": now, "started_at": now, "finished_at": now}
+        for i in range(tasks)])
+    s.execute(insert(Artifact), [
+        {"job_id": job_ids[i], "backbone_id": bb.id, "uri": f"file:///{names[i]}", "sha256": f"{i:064x}",
+         "bytes": bytes_of(i), "trainable_params": 1, "stored_params": 1, "method": "adapter",
+         "adapter_size": m_of(i), "classes": classes_of(i), "created_at": now}
+        for i in range(tasks)])
+    s.execute(insert(Metric), [
+        {"job_id": job_ids[i], "split": split, "name": "accuracy", "value": i / tasks}
+        for i in range(tasks) for split in ("validation", "test")])

@@ -1,0 +1,158 @@
+"""Catalogue commands: `tasks`, `storage` and `db upgrade`.
+
+They read the catalogue only (opening it upgrades an empty database first), import neither torch
+nor matplotlib unless asked to plot, and print URLs with their passwords masked.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from streamlearn.cli import main
+from streamlearn.settings import mask_url
+
+EMPTY_HINT = "Submit one with `streamlearn submit-task DATA.jsonl`, or try `streamlearn demo`."
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _number(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@main.command("tasks")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per task.")
+def tasks_command(as_json: bool) -> None:
+    """List every task with its latest job's status and its stored artifact.
+
+    Columns: task, status, method, adapter size m, validation and test accuracy, trainable and
+    stored parameters, bytes on disk, artifact sha256 (first 12 hex digits) and backbone.
+    """
+    from streamlearn.catalogue.queries import task_table
+    from streamlearn.catalogue.session import session_scope
+
+    with session_scope(readonly=True) as s:
+        rows = task_table(s)
+    if as_json:
+        _echo_json(rows)
+        return
+    console = _console()
+    if not rows:
+        console.print(f"No tasks in the catalogue yet. {EMPTY_HINT}")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} task{'s' if len(rows) != 1 else ''}")
+    for name in ("task", "status", "method", "m"):
+        table.add_column(name)
+    for name in ("val acc", "test acc", "trainable", "stored", "bytes"):
+        table.add_column(name, justify="right")
+    table.add_column("sha256")
+    table.add_column("backbone")
+    for r in rows:
+        table.add_row(
+            r["task"], r["status"] or "-", r["method"] or "-", "-" if r["adapter_size"] is None else str(r["adapter_size"]),
+            _accuracy(r["val_accuracy"]), _accuracy(r["test_accuracy"]), _number(r["trainable_params"]),
+            _number(r["stored_params"]), _number(r["bytes"]), (r["sha256"] or "-")[:12], r["backbone"] or "-",
+        )
+    console.print(table)
+
+
+@main.command("storage")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, writable=True),
+              help="Also draw cumulative storage against K to this PNG file.")
+def storage_command(as_json: bool, plot_file: str | None) -> None:
+    """Show that storage grows as K·4Lmd (adapters), not K·|w| (full copies).
+
+    Per task in arrival order: the bytes stored, the cumulative bytes, what K full copies of the
+    backbone would take (K·|w|), and the law's K·[2L(2md+m+d)+(4L+2)d+(d+1)C] parameters times
+    4 bytes. JSON fields: backbone_params, backbone_bytes, tasks [{task, method, bytes,
+    cumulative_bytes, full_copy_cumulative_bytes, theoretical_bytes, ...}], total_bytes,
+    full_copy_total_bytes, ratio (stored / full copies), and more.
+    """
+    from streamlearn.catalogue.queries import storage_report
+    from streamlearn.catalogue.session import session_scope
+
+    with session_scope(readonly=True) as s:
+        report = storage_report(s)
+    if plot_file and report["tasks"]:
+        from streamlearn.storage import plot
+
+        plot(report, plot_file)
+    if as_json:
+        if plot_file and not report["tasks"]:
+            click.echo("No stored artifacts yet: no plot written.", err=True)
+        _echo_json(report)
+        return
+    console = _console()
+    if not report["tasks"]:
+        console.print(f"No stored artifacts yet, so nothing to report{' or plot' if plot_file else ''}. {EMPTY_HINT}")
+        return
+    _render_storage(console, report)
+    if plot_file:
+        console.print(f"Wrote the storage plot to {plot_file}")
+
+
+def _render_storage(console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from streamlearn.storage import human_bytes
+
+    table = Table(title=f"Storage of {report['task_count']} tasks on {report['backbone']} "
+                        f"(|w| = {report['backbone_params']:,} params, {human_bytes(report['backbone_bytes'])})")
+    table.add_column("K", justify="right")
+    table.add_column("task")
+    table.add_column("method")
+    for name in ("bytes", "cumulative", "law (cumulative)", "K full copies"):
+        table.add_column(name, justify="right")
+    rows = report["tasks"]
+    # Past 40 rows show the first and last 20: the totals below carry the whole story.
+    shown = list(enumerate(rows, 1)) if len(rows) <= 40 else [*enumerate(rows[:20], 1), None,
+                                                              *enumerate(rows[-20:], len(rows) - 19)]
+    for item in shown:
+        if item is None:
+            table.add_row("…", f"({len(rows) - 40:,} more)", "", "", "", "", "")
+            continue
+        k, t = item
+        table.add_row(str(k), t["task"], t["method"], _number(t["bytes"]), _number(t["cumulative_bytes"]),
+                      _number(t["theoretical_bytes"]), _number(t["full_copy_cumulative_bytes"]))
+    console.print(table)
+    console.print(
+        f"Stored {human_bytes(report['total_bytes'])} for {report['task_count']} tasks, versus "
+        f"{human_bytes(report['full_copy_total_bytes'])} for full copies: "
+        f"ratio {report['ratio']:.4f} ({1 / report['ratio']:.1f}x less). "
+        f"Measured / law = {report['measured_over_theoretical']:.4f}."
+    )
+
+
+@main.group("db")
+def db_group() -> None:
+    """Catalogue database maintenance."""
+
+
+@db_group.command("upgrade")
+def db_upgrade_command() -> None:
+    """Run the catalogue's migrations up to the newest schema (every command also does this on open)."""
+    from streamlearn.catalogue.session import current_revision, resolve_url, upgrade
+
+    url = resolve_url()
+    before = current_revision(url)
+    after = upgrade(url)
+    state = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+    click.echo(f"catalogue {mask_url(url)}: {state} revision {after} (head)")
