@@ -22,9 +22,13 @@ def _echo_json(obj: Any) -> None:
 
 
 def _console():
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    # Piped output (a file, `less`, a test runner) has no width; rich would squeeze tables into 80
+    # columns and cut task names. Use a wide page there, the real width on a terminal.
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _number(value: int | None) -> str:
@@ -40,8 +44,9 @@ def _accuracy(value: float | None) -> str:
 def tasks_command(as_json: bool) -> None:
     """List every task with its latest job's status and its stored artifact.
 
-    Columns: task, status, method, adapter size m, validation and test accuracy, trainable and
-    stored parameters, bytes on disk, artifact sha256 (first 12 hex digits) and backbone.
+    Columns: task, status of its latest job, method, adapter size m, validation and test accuracy,
+    trainable parameters, bytes on disk, artifact sha256 (first 12 hex digits) and backbone.
+    `--json` adds stored parameters, hyperparameters, the artifact URI and job ids.
     """
     from streamlearn.catalogue.queries import task_table
     from streamlearn.catalogue.session import session_scope
@@ -60,7 +65,7 @@ def tasks_command(as_json: bool) -> None:
     table = Table(title=f"{len(rows)} task{'s' if len(rows) != 1 else ''}")
     for name in ("task", "status", "method", "m"):
         table.add_column(name)
-    for name in ("val acc", "test acc", "trainable", "stored", "bytes"):
+    for name in ("val acc", "test acc", "trainable", "bytes"):
         table.add_column(name, justify="right")
     table.add_column("sha256")
     table.add_column("backbone")
@@ -68,7 +73,7 @@ def tasks_command(as_json: bool) -> None:
         table.add_row(
             r["task"], r["status"] or "-", r["method"] or "-", "-" if r["adapter_size"] is None else str(r["adapter_size"]),
             _accuracy(r["val_accuracy"]), _accuracy(r["test_accuracy"]), _number(r["trainable_params"]),
-            _number(r["stored_params"]), _number(r["bytes"]), (r["sha256"] or "-")[:12], r["backbone"] or "-",
+            _number(r["bytes"]), (r["sha256"] or "-")[:12], r["backbone"] or "-",
         )
     console.print(table)
 
