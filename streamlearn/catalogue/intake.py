@@ -108,7 +108,10 @@ def create_task_and_job(
             f"task name {name!r} is not allowed: use letters, digits, '_', '.', '-' (up to 128, no '..')"
         )
     files = dict(files or {"train": dataset_sha256})
-    task = s.scalar(select(Task).where(Task.name == name))
+    # FOR UPDATE: concurrent submits to one task queue up here (PostgreSQL; SQLite's BEGIN IMMEDIATE
+    # already serialises writers), so an identical resubmit always sees the job made before it.
+    by_name = select(Task).where(Task.name == name).with_for_update()
+    task = s.scalar(by_name)
     if task is None:
         try:
             with s.begin_nested():
@@ -119,7 +122,7 @@ def create_task_and_job(
                 s.add(task)
         except IntegrityError:
             # A concurrent submit created the same task first: use it.
-            task = s.scalars(select(Task).where(Task.name == name)).one()
+            task = s.scalars(by_name).one()
     if task.dataset_sha256 != dataset_sha256 or task.files != files:
         raise InvalidConfig(
             f"task {name!r} already exists with another dataset (train sha256 {task.dataset_sha256[:12]}); "
@@ -174,7 +177,10 @@ def find_task(s: Session, name: str) -> Task:
     Raises:
         UnknownTask: no task of that name.
     """
-    task = s.scalar(select(Task).where(Task.name == name))
+    # FOR UPDATE: concurrent submits to one task queue up here (PostgreSQL; SQLite's BEGIN IMMEDIATE
+    # already serialises writers), so an identical resubmit always sees the job made before it.
+    by_name = select(Task).where(Task.name == name).with_for_update()
+    task = s.scalar(by_name)
     if task is None:
         raise UnknownTask(f"no task named {name!r} (see `streamlearn tasks`)")
     return task
