@@ -54,7 +54,8 @@ def _echo_json(obj) -> None:
 @click.option("--train-cap", type=click.IntRange(2, None), default=None, help="Train on a seeded, stratified subset of at most N examples.")
 @backbone_option
 @click.option("--output", type=click.Path(file_okay=False), default="artifacts", show_default=True,
-              help="Folder for the artifact (<DATA stem>-<method>.safetensors + .json sidecar).")
+              help="Folder for the artifact: <name>-<method>.safetensors + .json sidecar, where <name> is DATA's "
+                   "stem (its folder's name for a file called train.jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table; no progress bar.")
 def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr, batch_size,
                   max_length, seed, text_field, label_field, train_cap, backbone_dir, output, as_json) -> None:
@@ -76,13 +77,20 @@ def train_command(data, validation, test_file, method, adapter_size, top_k, sigm
 
     method_cfg = MethodConfig(method=method, adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling)
     train_cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed)
-    stem = Path(data).name.split(".")[0] or "task"
-    target = Path(output) / f"{stem}-{method}.safetensors"
+    target = Path(output) / f"{_task_name(Path(data))}-{method}.safetensors"
     summary = run_train(dataset, method_cfg, train_cfg, backbone_dir, target, show_progress=not as_json)
     if as_json:
         _echo_json(summary)
     else:
         _render_summary(summary)
+
+
+def _task_name(data: Path) -> str:
+    """Name an artifact after its data file, or after the folder when the file is a generic train.jsonl."""
+    stem = data.name.split(".")[0]
+    if stem.lower() in ("", "train", "training", "data") and data.resolve().parent.name:
+        return data.resolve().parent.name
+    return stem or "task"
 
 
 def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: Path, show_progress: bool) -> dict:
