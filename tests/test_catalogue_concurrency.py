@@ -90,3 +90,24 @@ def test_sqlite_readers_do_not_wait_for_a_writer(sqlite_url: str) -> None:
             assert queries.job_status(reader, job_id)["status"] == "queued"  # the last committed state
     with session_scope(sqlite_url, readonly=True) as reader:
         assert queries.job_status(reader, job_id)["status"] == "running"
+
+
+def test_concurrent_first_opens_create_the_schema_once(db_url: str) -> None:
+    """Processes opening a fresh catalogue at the same moment all succeed, and the migration runs once."""
+    from streamlearn.catalogue import session
+
+    barrier, results = threading.Barrier(THREADS), []
+
+    def opener() -> None:
+        barrier.wait()
+        try:
+            results.append(session.upgrade(db_url))
+        except Exception as exc:  # collected and asserted on below
+            results.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [session.HEAD_REVISION] * THREADS

@@ -66,7 +66,11 @@ def _sqlite_events(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READONLY) else "BEGIN IMMEDIATE")
 
 
-def _create_engine(url: str) -> Engine:
+def make_engine(url: str) -> Engine:
+    """A new, uncached engine with the catalogue's connection settings; it does not upgrade the schema.
+
+    For the Alembic environment and tools; everything else uses `get_engine`.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -83,7 +87,7 @@ def _raw_engine(url: str) -> Engine:
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _engines[url] = _create_engine(url)
+            engine = _engines[url] = make_engine(url)
         return engine
 
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Connection, create_engine, pool
+from sqlalchemy import Connection
 
 from streamlearn.catalogue.models import Base
 
@@ -48,11 +48,18 @@ def run_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(_url(), poolclass=pool.NullPool)
-    with engine.begin() as connection:
-        _configure(connection)
-        with context.begin_transaction():
-            context.run_migrations()
+    from streamlearn.catalogue.session import make_engine
+
+    # The catalogue's own engine settings: SQLite's folder is created, and BEGIN IMMEDIATE holds
+    # the write lock for the whole migration.
+    engine = make_engine(_url())
+    try:
+        with engine.begin() as connection:
+            _configure(connection)
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
 
 
 if context.is_offline_mode():
