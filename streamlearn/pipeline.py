@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,15 +15,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from sqlalchemy.exc import OperationalError
 
-from streamlearn.artifacts import ArtifactInfo, read_artifact, write_artifact
+from streamlearn import jobs, training
+from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, read_metadata, write_artifact
 from streamlearn.backbone import Backbone
 from streamlearn.batches import Batches
-from streamlearn.data import Dataset, Example, file_sha256
-from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig
+from streamlearn.data import DataSpec, Dataset, Example, file_sha256
+from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig, TransientError
+from streamlearn.heartbeat import Heartbeat, JobSuperseded
 from streamlearn.methods import MethodConfig, TaskModules, attached, default_lr
-from streamlearn import training
+from streamlearn.settings import get_settings
 from streamlearn.training import Metrics, Progress, TrainConfig, evaluate, scores
+
 
 ARTIFACT_FORMAT = 1
 """Version of the sidecar layout written by `fit`."""
@@ -210,3 +217,143 @@ def load_predictor(artifact_path: str | Path, backbone: Backbone, expected_sha25
         raise ArtifactCorrupt(f"{artifact_path}: tensors do not match the recorded method ({exc})") from None
     task.requires_grad_(False).eval()
     return Predictor(task, metadata, backbone)
+
+
+# --------------------------------------------------------------------------------------------
+# Service recipes: submit_task (validate -> store -> catalogue -> enqueue) and run_task (claim ->
+# backbone -> fit -> artifact -> catalogue), which a worker calls and which is idempotent.
+# --------------------------------------------------------------------------------------------
+
+log = logging.getLogger("streamlearn.worker")
+
+
+def submit_task(
+    train: str | Path,
+    *,
+    name: str | None = None,
+    validation: str | Path | None = None,
+    test: str | Path | None = None,
+    method: MethodConfig | None = None,
+    train_config: TrainConfig | None = None,
+    spec: DataSpec | None = None,
+    force: bool = False,
+) -> jobs.Submission:
+    """Validate a task's files, store them, record a queued job, and enqueue it.
+
+    An identical resubmit (same task name, dataset files and hyperparameters, a job that has not
+    failed) returns the existing job unless `force`.
+
+    Raises:
+        InvalidDataset: a file is invalid (nothing is stored or recorded).
+        InvalidConfig: a bad task name, or the name is taken by another dataset.
+        BrokerUnavailable: the job could not be enqueued; it is recorded as failed with the reason.
+    """
+    method, train_config = method or MethodConfig(), train_config or TrainConfig()
+    return jobs.submit(train, method=method.to_dict(), train_config=train_config.to_dict(), spec=spec or DataSpec(),
+                       name=name, validation=validation, test=test, force=force)
+
+
+def run_task(job_id: str) -> str:
+    """Run one job to its end; safe to call twice, concurrently, or after a crash.
+
+    - a job that already ended is left alone;
+    - a job another live worker is running is left alone; one whose worker is gone is taken over;
+    - an artifact already on disk with a matching sha256 is finalised without retraining;
+    - otherwise: fit on the resident backbone with progress and heartbeats, save the artifact
+      (temp file + rename), then record artifact + metrics + succeeded in one transaction.
+
+    Returns:
+        The outcome: `succeeded`, `failed`, `running elsewhere`, `superseded`, ...
+
+    Raises:
+        StreamlearnError: the job failed (already recorded on its row); do not retry.
+        TransientError: the catalogue or the store is briefly unavailable; retry later.
+    """
+    settings = get_settings()
+    outcome, plan = jobs.claim(job_id, settings)
+    if plan is None:
+        return outcome
+    try:
+        with Heartbeat(job_id, socket.gethostname(), os.getpid(), settings.progress_interval,
+                       settings.task_time_limit) as beat:
+            backbone = resident_backbone()
+            path = ArtifactStore(settings.artifacts).task_artifact_path(plan.task, job_id)
+            metadata = _finished_artifact(path, backbone)
+            if metadata is None:
+                result = fit(jobs.stored_dataset(plan), plan.method, plan.train, backbone, on_progress=beat.progress)
+                beat.check()
+                metadata = read_metadata(save(result, path).path)
+        jobs.finalise(job_id, path, metadata, backbone.info)
+    except JobSuperseded as lost:
+        log.warning("%s", lost)
+        return "superseded"
+    except (TransientError, OperationalError):
+        raise
+    except Exception as exc:
+        jobs.fail(job_id, exc)
+        raise
+    return "succeeded"
+
+
+def resident_backbone() -> Backbone:
+    """The configured backbone, loaded once per process (STREAMLEARN_BACKBONE, STREAMLEARN_DEVICE)."""
+    from streamlearn.backbone import load_backbone
+
+    settings = get_settings()
+    return load_backbone(settings.backbone, settings.device)
+
+
+def reevaluate(task: str | None = None) -> list[dict]:
+    """Re-evaluate stored artifacts on their stored test sets and compare with the catalogue.
+
+    Args:
+        task: One task, or None for every task with an artifact.
+
+    Returns:
+        Per task: `task, split, examples, accuracy, macro_f1, catalogue_accuracy, catalogue_macro_f1,
+        drift` (the largest absolute difference; 0 when nothing was forgotten).
+
+    Raises:
+        UnknownTask: no such task, or it has no artifact yet.
+    """
+    plans = jobs.artifact_plans(task)
+    backbone = resident_backbone()
+    return [_reevaluate_one(plan, uri, sha, stored, backbone) for plan, uri, sha, stored in plans]
+
+
+def _finished_artifact(path: Path, backbone: Backbone) -> dict | None:
+    """The sidecar of a complete, verified artifact from an earlier run of this job, else None."""
+    if not path.exists():
+        return None
+    try:
+        _, metadata = read_artifact(path)
+    except ArtifactCorrupt as exc:
+        log.warning("ignoring an unusable earlier artifact, retraining: %s", exc)
+        return None
+    if metadata.get("backbone", {}).get("fingerprint") != backbone.info.fingerprint:
+        return None
+    log.info("artifact %s already complete: finalising without retraining", path)
+    return metadata
+
+
+def _reevaluate_one(plan: jobs.JobPlan, uri: str, sha256: str, stored: dict, backbone: Backbone) -> dict:
+    dataset = jobs.stored_dataset(plan)
+    split, examples = ("test", dataset.test) if dataset.test else ("validation", dataset.validation)
+    predictor = load_predictor(jobs.artifact_path(uri), backbone, expected_sha256=sha256)
+    # The same batch size as the evaluation during training, so padding and thus every float match.
+    pairs = [ex.text_pair for ex in examples] if dataset.is_pair else None
+    logits = predictor.logits([ex.text for ex in examples], pairs, batch_size=plan.train.batch_size)
+    now = scores([dataset.label_index(ex.label) for ex in examples], logits.argmax(-1).tolist())
+    before = stored.get(split, {})
+    drift = max(abs(now.accuracy - before.get("accuracy", float("nan"))),
+                abs(now.macro_f1 - before.get("macro_f1", float("nan"))))
+    return {
+        "task": plan.task, "job_id": plan.job_id, "split": split, "examples": now.examples,
+        "accuracy": now.accuracy, "macro_f1": now.macro_f1,
+        "catalogue_accuracy": before.get("accuracy"), "catalogue_macro_f1": before.get("macro_f1"),
+        "drift": drift,
+    }
+
+
+fail_task = jobs.fail
+"""Record a job as failed with its reason (used by the worker's task on errors it maps itself)."""

@@ -62,3 +62,313 @@ def worker(concurrency: int, queues: str | None, loglevel: str, pool: str) -> No
         "--without-mingle",
         "--without-heartbeat",
     ])
+
+
+TERMINAL = ("succeeded", "failed")
+
+
+def _echo_json(obj) -> None:
+    import json
+
+    click.echo(json.dumps(obj, indent=2))
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def training_options(func):
+    """The training flags of `train`, shared by `submit-task`."""
+    options = [
+        click.option("--method", type=click.Choice(["adapter", "full", "top-k", "layernorm"]), default="adapter",
+                     show_default=True, help="Which tensors train (see `streamlearn train --help`)."),
+        click.option("--adapter-size", type=click.IntRange(1, 8192), default=64, show_default=True,
+                     help="Adapter bottleneck width m."),
+        click.option("--top-k", type=click.IntRange(1, None), default=1, show_default=True,
+                     help="Layers fine-tuned by --method top-k."),
+        click.option("--sigma", type=click.FloatRange(0, 1, min_open=True), default=1e-2, show_default=True,
+                     help="Std of the adapters' truncated-normal init."),
+        click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean", show_default=True,
+                     help="Head pooling over token states."),
+        click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True,
+                     help="Passes over the training set."),
+        click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="Peak learning rate. Default per method: adapter 1e-3, layernorm 1e-3, top-k 1e-4, full 3e-5."),
+        click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
+                     help="Examples per step."),
+        click.option("--max-length", type=click.IntRange(2, None), default=128, show_default=True,
+                     help="Tokens per example after truncation (at most the backbone's limit, 512 for MiniLM)."),
+        click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True,
+                     help="Seed of init, shuffling, dropout and the carved validation split."),
+        click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+                     help="Fraction of steps warming the learning rate up linearly."),
+        click.option("--weight-decay", type=click.FloatRange(0, None), default=0.0, show_default=True,
+                     help="AdamW decoupled weight decay."),
+        click.option("--max-grad-norm", type=click.FloatRange(0, None), default=1.0, show_default=True,
+                     help="Clip gradients to this global norm (0: no clipping)."),
+        click.option("--text-field", default="text", show_default=True, help="JSON field holding the text."),
+        click.option("--label-field", default="label", show_default=True,
+                     help="JSON field holding the label (string or integer)."),
+        click.option("--max-classes", type=click.IntRange(2, None), default=1000, show_default=True,
+                     help="Most distinct labels a task may have."),
+        click.option("--max-line-bytes", type=click.IntRange(16, None), default=1_000_000, show_default=True,
+                     help="Longest accepted line, in bytes."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@main.command("submit-task")
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--name", help="Task name (default: DATA's file name without .jsonl[.gz]); 1-64 of [A-Za-z0-9._-].")
+@click.option("--validation", type=click.Path(dir_okay=False), help="Validation JSONL. Default: a seeded, stratified 10% of DATA.")
+@click.option("--test", "test_file", type=click.Path(dir_okay=False), help="Test JSONL (optional); `evaluate` re-checks it later.")
+@training_options
+@click.option("--force", is_flag=True, help="Train again even if an identical job exists.")
+@click.option("--wait", is_flag=True, help="Show live progress until the job ends, then its result.")
+@click.option("--json", "as_json", is_flag=True, help="Print {job_id, task, status} as JSON.")
+def submit_task_command(data, name, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr,
+                        batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field,
+                        max_classes, max_line_bytes, force, wait, as_json) -> None:
+    """Validate DATA, store it, and queue a training job for a worker.
+
+    DATA is a JSONL (or .jsonl.gz) file, one {"text": ..., "label": ...} object per line ("text_pair"
+    on every line for pair tasks), 2 to --max-classes labels, lines up to --max-line-bytes. Every
+    line of every file is checked first: an invalid file stores and queues nothing. The files are
+    copied into the artifact store under their sha256, then a Task and a queued Job are recorded,
+    then the job id is sent to the broker. If the broker is down the job is recorded as failed
+    with the reason and the command exits 2. Submitting the same files under the same name with
+    the same flags returns the existing job (use --force to train again).
+    """
+    from streamlearn import jobs
+    from streamlearn.data import DataSpec
+
+    # Plain dicts with every field of MethodConfig and TrainConfig (their defaults are the flags'
+    # defaults, checked by a test): building the dataclasses would import torch, and submit-task
+    # must answer fast.
+    submission = jobs.submit(
+        data, name=name, validation=validation, test=test_file, force=force,
+        method={"method": method, "adapter_size": adapter_size, "top_k": top_k, "sigma": sigma, "pooling": pooling},
+        train_config={"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed,
+                      "warmup": warmup, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm},
+        spec=DataSpec(text_field=text_field, label_field=label_field, max_classes=max_classes,
+                      max_line_bytes=max_line_bytes),
+    )
+    status = submission.status
+    if not as_json:
+        if submission.created:
+            click.echo(f"job {submission.job_id} queued: task {submission.task}")
+        else:
+            click.echo(f"identical job {submission.job_id} already exists for task {submission.task} "
+                       f"({status}); pass --force to train again")
+    if wait:
+        status = wait_for_job(submission.job_id, show=not as_json)["status"]
+    if as_json:
+        _echo_json({"job_id": submission.job_id, "task": submission.task, "status": status})
+    elif wait:
+        _print_task_row(submission.task)
+    if wait and status == "failed":
+        raise SystemExit(1)
+
+
+def _job(job_id: str) -> dict:
+    from streamlearn.catalogue.queries import job_status
+    from streamlearn.catalogue.session import session_scope
+    from streamlearn.recovery import idle_queue_warning
+
+    with session_scope(readonly=True) as s:
+        info = job_status(s, job_id)
+        info["warning"] = idle_queue_warning(s) if info["status"] == "queued" else None
+    return info
+
+
+def wait_for_job(job_id: str, show: bool = True, poll: float = 0.5) -> dict:
+    """Poll a job until it succeeds or fails, drawing a progress bar on stderr when `show`."""
+    import time
+
+    if not show:
+        while (info := _job(job_id))["status"] not in TERMINAL:
+            time.sleep(poll)
+        return info
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    with Progress(*columns, console=_console(stderr=True)) as bar:
+        info = _job(job_id)
+        row = bar.add_task(f"{info['task']}", total=None, detail="")
+        while True:
+            info = _job(job_id)
+            _update_bar(bar, row, info)
+            if info["status"] in TERMINAL:
+                return info
+            time.sleep(poll)
+
+
+def _update_bar(bar, row, info: dict) -> None:
+    p = info["progress"]
+    if info["status"] == "running" and p["total_steps"]:
+        loss = "" if p["loss"] is None else f" loss {p['loss']:.4f}"
+        bar.update(row, completed=p["step"], total=p["total_steps"], detail=f"epoch {p['epoch']}{loss}")
+    elif info["status"] in TERMINAL:
+        total = p["total_steps"] or 1
+        bar.update(row, completed=total if info["status"] == "succeeded" else p["step"] or 0, total=total,
+                   detail=info["status"] if not info["error"] else f"failed: {info['error'][:80]}")
+    else:
+        bar.update(row, detail=info["status"] + (f" - {info['warning']}" if info.get("warning") else ""))
+
+
+def _print_task_row(task: str) -> None:
+    from streamlearn.catalogue.queries import task_table
+    from streamlearn.catalogue.session import session_scope
+
+    with session_scope(readonly=True) as s:
+        rows = [r for r in task_table(s) if r["task"] == task]
+    if not rows:
+        return
+    r = rows[0]
+    from rich.table import Table
+
+    table = Table("task", "status", "method", "val acc", "test acc", "stored params", "bytes", "sha256")
+    acc = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    table.add_row(r["task"], r["status"] or "-", r["method"] or "-", acc(r["val_accuracy"]), acc(r["test_accuracy"]),
+                  "-" if r["stored_params"] is None else f"{r['stored_params']:,}",
+                  "-" if r["bytes"] is None else f"{r['bytes']:,}", (r["sha256"] or "-")[:12])
+    _console().print(table)
+
+
+STATUS_KEYS = ("job_id", "task", "status", "progress", "error", "attempts", "worker")
+
+
+@main.command("status")
+@click.argument("job_id")
+@click.option("--watch", is_flag=True, help="Keep refreshing until the job ends.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {job_id, task, status, progress: {epoch, step, total_steps, loss}, error, attempts, worker, ...}.")
+def status_command(job_id: str, watch: bool, as_json: bool) -> None:
+    """Show a job's status, progress, worker, metrics and error (JOB may be a unique id prefix)."""
+    info = _job(job_id)
+    if watch and info["status"] not in TERMINAL:
+        info = wait_for_job(info["job_id"], show=not as_json)
+    if as_json:
+        _echo_json(info)
+        return
+    _render_status(info)
+
+
+def _render_status(info: dict) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(show_header=False, box=None)
+    p = info["progress"]
+    progress = "-" if p["step"] is None else (
+        f"epoch {p['epoch']}, step {p['step']}/{p['total_steps']}" + ("" if p["loss"] is None else f", loss {p['loss']:.4f}")
+    )
+    rows = [("job", info["job_id"]), ("task", info["task"]), ("status", info["status"]), ("progress", progress),
+            ("attempts", str(info["attempts"])), ("worker", info["worker"] or "-"),
+            ("created", info["created_at"]), ("finished", info["finished_at"] or "-")]
+    for split, values in sorted(info.get("metrics", {}).items()):
+        rows.append((split, ", ".join(f"{k} {v:.4f}" if k != "examples" else f"{int(v)} examples"
+                                      for k, v in values.items())))
+    if info.get("artifact"):
+        a = info["artifact"]
+        rows.append(("artifact", f"{a['uri']} ({a['bytes']:,} bytes, sha256 {a['sha256'][:12]})"))
+    if info["error"]:
+        rows.append(("error", info["error"]))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+    if info.get("warning"):
+        console.print(f"[yellow]{info['warning']}[/yellow]")
+
+
+@main.command("jobs")
+@click.option("--status", "status", type=click.Choice(["queued", "running", "succeeded", "failed"]),
+              help="Only jobs with this status.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per job.")
+def jobs_command(status: str | None, as_json: bool) -> None:
+    """List jobs, oldest first: id, task, status, attempts, progress, worker, created_at."""
+    from streamlearn.catalogue.queries import list_jobs
+    from streamlearn.catalogue.session import session_scope
+    from streamlearn.recovery import idle_queue_warning
+
+    with session_scope(readonly=True) as s:
+        rows = list_jobs(s, status)
+        warning = idle_queue_warning(s)
+    if as_json:
+        _echo_json(rows)
+        return
+    console = _console()
+    if not rows:
+        console.print("No jobs" + (f" with status {status}" if status else "") + ". Submit one with "
+                      "`streamlearn submit-task DATA.jsonl`, or try `streamlearn demo`.")
+    else:
+        from rich.table import Table
+
+        table = Table("job", "task", "status", "attempts", "progress", "worker", "created", title=f"{len(rows)} jobs")
+        for r in rows:
+            p = r["progress"]
+            progress = "-" if not p["total_steps"] else f"{p['step']}/{p['total_steps']} (epoch {p['epoch']})"
+            table.add_row(r["job_id"][:8], r["task"], r["status"], str(r["attempts"]), progress, r["worker"] or "-",
+                          r["created_at"][:19])
+        console.print(table)
+    if warning:
+        console.print(f"[yellow]{warning}[/yellow]")
+
+
+@main.command("evaluate")
+@click.argument("task", required=False)
+@click.option("--all", "all_tasks", is_flag=True, help="Every task with a stored artifact.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per task.")
+def evaluate_command(task: str | None, all_tasks: bool, as_json: bool) -> None:
+    """Re-evaluate stored artifacts on their stored test sets; report the drift from the catalogue.
+
+    The backbone is frozen and shared and each task's tensors are stored apart, so the drift must be
+    exactly 0 for every task, however many tasks arrived later. Exits 1 if any drift is not 0.
+    """
+    if bool(task) == all_tasks:
+        raise click.UsageError("give one TASK or --all")
+    from streamlearn.pipeline import reevaluate
+
+    rows = reevaluate(None if all_tasks else task)
+    if as_json:
+        _echo_json(rows)
+    else:
+        from rich.table import Table
+
+        table = Table("task", "split", "examples", "accuracy", "catalogue", "macro-F1", "catalogue", "drift")
+        for r in rows:
+            table.add_row(r["task"], r["split"], str(r["examples"]), f"{r['accuracy']:.4f}",
+                          f"{r['catalogue_accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['catalogue_macro_f1']:.4f}",
+                          f"{r['drift']:.2g}")
+        console = _console()
+        console.print(table)
+        worst = max((r["drift"] for r in rows), default=0.0)
+        console.print(f"{len(rows)} task(s) re-evaluated; largest drift {worst:.2g}"
+                      + (" - nothing was forgotten." if worst == 0 else " - DRIFT!"))
+    if any(r["drift"] != 0 for r in rows):
+        raise SystemExit(1)
+
+
+def task_artifact(task: str) -> tuple[str, str]:
+    """The current artifact of `task` as (path, sha256), for `predict TASK`.
+
+    Raises:
+        UnknownTask: no such task, or it has no artifact yet.
+    """
+    from streamlearn.catalogue.queries import task_table
+    from streamlearn.catalogue.records import find_task
+    from streamlearn.catalogue.session import session_scope
+    from streamlearn.errors import UnknownTask
+    from streamlearn.pipeline import artifact_path
+
+    with session_scope(readonly=True) as s:
+        find_task(s, task)
+        row = next(r for r in task_table(s) if r["task"] == task)
+    if row["uri"] is None:
+        raise UnknownTask(f"task {task!r} has no trained artifact yet (status: {row['status']})")
+    return str(artifact_path(row["uri"])), row["sha256"]

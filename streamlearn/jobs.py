@@ -1,0 +1,267 @@
+"""A job's life in the catalogue: what a submission records, what a worker claims, how a job ends.
+
+`pipeline.submit_task` and `pipeline.run_task` are the recipes; these are their catalogue steps.
+`submit` is the whole submission recipe without torch (configurations travel as plain dicts), so
+`streamlearn submit-task` answers in well under a second and fails fast when the broker is down.
+Every status change goes through `catalogue.records` (one conditional UPDATE each), so two workers
+that receive the same job (late acknowledgement, a reconcile, a retry) never both run it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from streamlearn.artifacts import ArtifactStore
+from streamlearn.catalogue import queries, records
+from streamlearn.catalogue.models import Job, JobStatus, utcnow
+from streamlearn.catalogue.session import session_scope
+from streamlearn.data import DataSpec, Dataset, load_dataset
+from streamlearn.errors import InvalidConfig, StreamlearnError, TransientError, UnknownTask
+from streamlearn.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # these import torch; `submit` (and so `submit-task`) must stay light
+    from streamlearn.backbone import BackboneInfo
+    from streamlearn.methods import MethodConfig
+    from streamlearn.training import TrainConfig
+
+log = logging.getLogger("streamlearn.worker")
+
+TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""Task names: letters, digits, '.', '_', '-'; 1-64 characters; no leading dot or dash; never '..'."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What `submit_task` did."""
+
+    job_id: str
+    task: str
+    status: str
+    created: bool
+    """False when an identical job (same task, data and hyperparameters) already existed."""
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a worker needs to run one job, read from its catalogue rows."""
+
+    job_id: str
+    task: str
+    files: dict[str, str]
+    """Split -> sha256 of the stored dataset file."""
+    spec: DataSpec
+    method: MethodConfig
+    train: TrainConfig
+
+
+def task_name(name: str | None, train_path: str | Path) -> str:
+    """Return the validated task name: `name`, or the training file's stem (`sst2.jsonl.gz` -> `sst2`).
+
+    Raises:
+        InvalidConfig: the name has characters outside [A-Za-z0-9._-], is longer than 64, starts
+            with '.' or '-', or contains '..' (so a name can never walk out of the store).
+    """
+    if name is None:
+        name = Path(train_path).name
+        for suffix in (".gz", ".jsonl", ".json"):
+            name = name.removesuffix(suffix)
+    if not TASK_NAME_RE.fullmatch(name) or ".." in name:
+        raise InvalidConfig(
+            f"task name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (pass --name)"
+        )
+    return name
+
+
+def hyperparameters(method: dict, train: dict, spec: DataSpec) -> dict:
+    """The JSON stored on a job: everything `run_task` needs to repeat the submitter's choices.
+
+    Args:
+        method: `MethodConfig.to_dict()`.
+        train: `TrainConfig.to_dict()`.
+        spec: The data spec; its limits are stored (its field names live on the task).
+    """
+    return {
+        "method": dict(method),
+        "train": dict(train),
+        "data": {"max_classes": spec.max_classes, "max_line_bytes": spec.max_line_bytes},
+    }
+
+
+def submit(
+    train: str | Path,
+    *,
+    method: dict,
+    train_config: dict,
+    spec: DataSpec,
+    name: str | None = None,
+    validation: str | Path | None = None,
+    test: str | Path | None = None,
+    force: bool = False,
+) -> Submission:
+    """Validate -> store -> catalogue -> enqueue (see `pipeline.submit_task`, the typed entry point).
+
+    Args:
+        train: The training JSONL file.
+        method: `MethodConfig.to_dict()` (every field, so identical submissions hash alike).
+        train_config: `TrainConfig.to_dict()` (every field).
+        spec: Field names and limits of the files.
+        name: Task name; default: the training file's stem.
+        validation: Validation file; default: a seeded stratified 10% of train.
+        test: Optional test file.
+        force: Make a new job even when an identical one exists.
+    """
+    name = task_name(name, train)
+    dataset = load_dataset(train, validation, test, spec=spec, seed=int(train_config.get("seed", 0)))
+    files = store_dataset(dataset)
+    submission = record_submission(name, dataset, files, hyperparameters(method, train_config, spec), spec, force)
+    if submission.created:
+        enqueue_or_fail(submission.job_id)
+    return submission
+
+
+def store_dataset(dataset: Dataset) -> dict[str, str]:
+    """Copy each given file into the store under its sha256; return split -> sha256."""
+    store = ArtifactStore(get_settings().artifacts)
+    return {split: store.put_dataset(path)[0] for split, path in dataset.files.items()}
+
+
+def enqueue_or_fail(job_id: str) -> None:
+    """Send the job to the broker; if that fails, record the job failed with the reason and re-raise."""
+    from streamlearn import dispatch
+    from streamlearn.errors import BrokerUnavailable
+
+    try:
+        dispatch.enqueue(job_id)
+    except BrokerUnavailable as exc:
+        # Never leave a job silently queued with no message: record why it will not run.
+        fail(job_id, f"not enqueued: {exc}")
+        raise BrokerUnavailable(
+            f"{exc}. Job {job_id} is recorded as failed; start the broker (or fix STREAMLEARN_BROKER_URL) and submit again"
+        ) from exc
+
+
+def record_submission(name: str, dataset: Dataset, files: dict[str, str], params: dict, spec: DataSpec,
+                       force: bool) -> Submission:
+    rows = {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)}
+    with session_scope() as s:
+        task, job, created = records.create_task_and_job(
+            s, name=name, dataset_sha256=files["train"], method=params["method"]["method"], hyperparameters=params,
+            files=files, rows=rows, labels=list(dataset.labels), text_field=spec.text_field,
+            label_field=spec.label_field, pair_field=spec.pair_field if dataset.is_pair else None, force=force,
+        )
+        return Submission(job.id, task.name, str(job.status), created)
+
+
+def claim(job_id: str, settings: Settings) -> tuple[str, JobPlan | None]:
+    """Decide, in one transaction, whether this worker runs the job; if so mark it running here."""
+    from streamlearn.recovery import pid_alive
+
+    host, pid = socket.gethostname(), os.getpid()
+    with session_scope() as s:
+        job = records.find_job(s, job_id)
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            return str(job.status), None
+        if job.status == JobStatus.RUNNING and (job.worker_host, job.worker_pid) != (host, pid):
+            dead = job.worker_host == host and job.worker_pid is not None and not pid_alive(job.worker_pid)
+            cutoff = None if dead else utcnow() - timedelta(seconds=settings.heartbeat_timeout)
+            if records.requeue(s, job.id, stale_before=cutoff) is None:
+                return "running elsewhere", None
+            log.warning("job %s: its worker %s is gone; taking it over", job.id, job.worker)
+        if job.status == JobStatus.QUEUED:
+            try:
+                records.mark_running(s, job.id, host, pid)
+            except records.InvalidTransition as taken:
+                return f"taken by another worker ({taken.current})", None
+        plan = plan_of(job)
+    return "running", plan
+
+
+def plan_of(job: Job) -> JobPlan:
+    """A job's plan from its rows (inside a session): the stored files, data spec and configs."""
+    from streamlearn.methods import MethodConfig
+    from streamlearn.training import TrainConfig
+
+    task, params = job.task, job.hyperparameters
+    return JobPlan(
+        job_id=job.id, task=task.name, files=dict(task.files),
+        spec=DataSpec(text_field=task.text_field, label_field=task.label_field,
+                      pair_field=task.pair_field or "text_pair", **params.get("data", {})),
+        method=MethodConfig.from_dict(params["method"]), train=TrainConfig.from_dict(params["train"]),
+    )
+
+
+def stored_dataset(plan: JobPlan) -> Dataset:
+    """Load a job's dataset from the store's copies, split exactly as at submission.
+
+    Raises:
+        TransientError: a stored file is missing (the store is unmounted or was not shared).
+    """
+    store = ArtifactStore(get_settings().artifacts)
+    paths = {split: store.dataset_path(sha) for split, sha in plan.files.items()}
+    for split, path in paths.items():
+        if not path.is_file():
+            raise TransientError(f"the stored {split} file {path} of task {plan.task!r} is missing from the store")
+    return load_dataset(paths["train"], paths.get("validation"), paths.get("test"), spec=plan.spec, seed=plan.train.seed)
+
+
+def finalise(job_id: str, path: Path, metadata: dict, backbone: BackboneInfo) -> None:
+    """Record the artifact (from its verified sidecar), its metrics, and succeeded, in one transaction."""
+    root = get_settings().artifacts
+    uri = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    metrics = metadata["metrics"]
+    with session_scope() as s:
+        records.ensure_backbone(s, dataclasses.asdict(backbone))
+        records.mark_succeeded(s, job_id, artifact={
+            "uri": uri, "sha256": metadata["sha256"], "bytes": metadata["bytes"],
+            "trainable_params": metadata["trainable_params"], "stored_params": metadata["stored_params"],
+            "method": metadata["method"], "classes": len(metadata["labels"]),
+            "adapter_size": metadata["adapter_size"] if metadata["method"] == "adapter" else None,
+            "backbone_fingerprint": backbone.fingerprint,
+        }, metrics={"validation": metrics["val"], "test": metrics["test"]})
+
+
+def fail(job_id: str, reason: BaseException | str) -> None:
+    """Record a job as failed with its reason (best effort: logged when the catalogue is down)."""
+    message = reason if isinstance(reason, str) else describe(reason)
+    try:
+        with session_scope() as s:
+            records.mark_failed(s, job_id, message)
+    except records.InvalidTransition:
+        pass  # it succeeded meanwhile (another worker)
+    except Exception as exc:
+        log.error("job %s: could not record the failure %r: %s", job_id, message, exc)
+
+
+def describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, StreamlearnError) else f"{type(exc).__name__}: {exc}"
+
+
+def artifact_path(uri: str) -> Path:
+    """The file of a catalogue artifact URI (stored relative to the store root, so the store may move)."""
+    path = Path(uri)
+    return path if path.is_absolute() else get_settings().artifacts / path
+
+
+def artifact_plans(task: str | None) -> list[tuple[JobPlan, str, str, dict]]:
+    with session_scope(readonly=True) as s:
+        rows = [r for r in queries.task_table(s) if task is None or r["task"] == task]
+        if task is not None and not rows:
+            records.find_task(s, task)  # raises UnknownTask
+        with_artifact = [r for r in rows if r["artifact_job_id"] is not None]
+        if task is not None and not with_artifact:
+            raise UnknownTask(f"task {task!r} has no trained artifact yet (status: {rows[0]['status']})")
+        plans = []
+        for row in with_artifact:
+            plan = plan_of(records.find_job(s, row["artifact_job_id"]))
+            stored = queries.job_status(s, row["artifact_job_id"])["metrics"]
+            plans.append((plan, row["uri"], row["sha256"], stored))
+    return plans

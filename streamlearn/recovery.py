@@ -1,0 +1,131 @@
+"""Crash recovery through the catalogue: find jobs whose worker is gone and put them back in the queue.
+
+The catalogue, not the broker, is the source of truth (DESIGN.md, "Modes"). Every worker runs
+`reconcile` at start and then periodically (`workers/boot.py`). It re-enqueues:
+
+- running jobs whose heartbeat is older than `STREAMLEARN_HEARTBEAT_TIMEOUT`;
+- running jobs whose recorded worker ran on *this* host and whose pid no longer exists (a killed
+  worker is noticed at once, without waiting for the heartbeat timeout);
+- queued jobs last enqueued more than `STREAMLEARN_QUEUED_TIMEOUT` ago (a lost message: the
+  embedded filesystem transport never redelivers, and a restarted Redis keeps nothing).
+
+Each requeue is one conditional UPDATE (`records.requeue(..., stale_before=...)`), so two workers
+reconciling at once requeue a job once; a duplicate message is harmless because `run_task` is
+idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import datetime, timedelta
+
+from streamlearn.settings import Settings, get_settings
+
+log = logging.getLogger("streamlearn.worker")
+
+PROCESSED_MAX_AGE = 3600.0
+"""Seconds a consumed message file of the embedded broker is kept before a worker deletes it."""
+
+IDLE_GRACE = 15.0
+"""Seconds a job may wait in the queue before `status` suspects that no worker is running."""
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _dead_here(worker: str | None, host: str) -> bool:
+    if not worker or ":" not in worker:
+        return False
+    worker_host, _, pid = worker.rpartition(":")
+    return worker_host == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
+
+
+def reconcile(settings: Settings | None = None, now: datetime | None = None) -> list[str]:
+    """Requeue (in the catalogue) and re-enqueue (on the broker) every job whose worker is gone.
+
+    Returns:
+        The ids of the jobs re-enqueued.
+    """
+    from streamlearn import dispatch
+    from streamlearn.catalogue import queries, records
+    from streamlearn.catalogue.models import utcnow
+    from streamlearn.catalogue.session import session_scope
+
+    settings = settings or get_settings()
+    now = now or utcnow()
+    host = socket.gethostname()
+    heartbeat_cutoff = now - timedelta(seconds=settings.heartbeat_timeout)
+    queued_cutoff = now - timedelta(seconds=settings.queued_timeout)
+    requeued: list[str] = []
+    with session_scope() as s:
+        candidates: dict[str, datetime | None] = {}
+        for row in queries.list_jobs(s, "running"):
+            if _dead_here(row["worker"], host):
+                candidates[row["job_id"]] = None
+        for row in queries.orphaned_jobs(s, now, settings.heartbeat_timeout):
+            candidates.setdefault(row["job_id"], heartbeat_cutoff)
+        for row in queries.stale_queued_jobs(s, now, settings.queued_timeout):
+            candidates.setdefault(row["job_id"], queued_cutoff)
+        for job_id, stale_before in candidates.items():
+            try:
+                if records.requeue(s, job_id, stale_before=stale_before) is not None:
+                    requeued.append(job_id)
+            except records.InvalidTransition:
+                continue  # it ended since we looked
+    for job_id in requeued:
+        dispatch.enqueue(job_id, settings)
+    prune_processed(settings)
+    return requeued
+
+
+def prune_processed(settings: Settings, max_age: float = PROCESSED_MAX_AGE) -> int:
+    """Delete consumed message files of the embedded broker older than `max_age` seconds."""
+    if not settings.is_embedded_broker:
+        return 0
+    folder = settings.queue_dir / "processed"
+    if not folder.is_dir():
+        return 0
+    cutoff, removed = time.time() - max_age, 0
+    for path in folder.iterdir():
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def idle_queue_warning(s, now: datetime | None = None, grace: float = IDLE_GRACE) -> str | None:
+    """A hint when jobs wait in the queue and no worker shows signs of life; None when all is well.
+
+    A worker is alive when some running job has a heartbeat fresher than the heartbeat timeout. A
+    queued job waiting longer than `grace` with no such job means nobody consumes the queue.
+    """
+    from streamlearn.catalogue import queries
+    from streamlearn.catalogue.models import utcnow
+
+    settings = get_settings()
+    now = now or utcnow()
+    waiting = queries.stale_queued_jobs(s, now, grace)
+    if not waiting:
+        return None
+    if len(queries.list_jobs(s, "running")) > len(queries.orphaned_jobs(s, now, settings.heartbeat_timeout)):
+        return None  # a live worker is busy; the queue is just long
+    oldest = datetime.fromisoformat(waiting[0]["enqueued_at"])
+    return (
+        f"{len(waiting)} job(s) queued for up to {(now - oldest).total_seconds():.0f} s and no worker has "
+        "picked them up: is a worker running? Start one with `streamlearn worker` "
+        "(same STREAMLEARN_HOME / STREAMLEARN_BROKER_URL / STREAMLEARN_DATABASE_URL as here)."
+    )
