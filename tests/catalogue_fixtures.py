@@ -42,7 +42,8 @@ def _admin_url() -> tuple[str | None, str]:
                 conn.execute(text("SELECT 1"))
             return url, ""
         except Exception as exc:  # any failure means "not usable here"; the reason is reported
-            reason = f"PostgreSQL at {PG_HOST} unreachable (tried users {', '.join(PG_USERS)}): {str(exc).splitlines()[0]}"
+            users = ", ".join(PG_USERS)
+            reason = f"PostgreSQL at {PG_HOST} unreachable (tried users {users}): {str(exc).splitlines()[0]}"
         finally:
             engine.dispose()
     return None, reason

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.config import Config
-from alembic import command
 from catalogue_fixtures import db_url, pg_database, pg_url, sqlite_url  # noqa: F401
 from sqlalchemy import inspect, text
 

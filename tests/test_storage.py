@@ -12,7 +12,8 @@ from streamlearn import storage
 W_PARAMS, W_BYTES = 22_713_216, 90_852_864
 
 
-def _stored(task: str, nbytes: int, m: int | None = 64, classes: int = 2, method: str = "adapter") -> storage.StoredTask:
+def _stored(task: str, nbytes: int, m: int | None = 64, classes: int = 2,
+            method: str = "adapter") -> storage.StoredTask:
     return storage.StoredTask(task, method, nbytes, 1, m, classes, nbytes // 4, "all-MiniLM-L6-v2", "f" * 64,
                               6, 384, W_PARAMS, W_BYTES)
 

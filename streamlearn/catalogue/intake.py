@@ -27,7 +27,8 @@ TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 def spec_sha256(method: str, hyperparameters: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of a job's method and hyperparameters (key order ignored)."""
-    canonical = json.dumps({"method": method, "hyperparameters": hyperparameters}, sort_keys=True, separators=(",", ":"))
+    spec = {"method": method, "hyperparameters": hyperparameters}
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -121,7 +121,8 @@ def record_progress(
     """
     result = s.execute(
         update(Job).where(*_owned_running(job_id, host, pid))
-        .values(epoch=epoch, step=step, total_steps=total_steps, loss=None if loss is None else float(loss), heartbeat_at=utcnow())
+        .values(epoch=epoch, step=step, total_steps=total_steps, loss=None if loss is None else float(loss),
+                heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1

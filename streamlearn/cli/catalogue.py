@@ -71,7 +71,8 @@ def tasks_command(as_json: bool) -> None:
     table.add_column("backbone")
     for r in rows:
         table.add_row(
-            r["task"], r["status"] or "-", r["method"] or "-", "-" if r["adapter_size"] is None else str(r["adapter_size"]),
+            r["task"], r["status"] or "-", r["method"] or "-",
+            "-" if r["adapter_size"] is None else str(r["adapter_size"]),
             _accuracy(r["val_accuracy"]), _accuracy(r["test_accuracy"]), _number(r["trainable_params"]),
             _number(r["bytes"]), (r["sha256"] or "-")[:12], r["backbone"] or "-",
         )
