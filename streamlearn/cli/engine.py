@@ -143,6 +143,8 @@ def _render_summary(summary: dict) -> None:
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
     for key, value in summary.items():
         table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
     Console().print(table)
