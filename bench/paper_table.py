@@ -1,0 +1,558 @@
+"""The paper's table on real tasks: adapter vs full fine-tuning vs top-k vs LayerNorm-only.
+
+Houlsby et al. 2019 (arXiv:1902.00751), Table 1/2 and Figure 3, on the tasks of ../shared/data:
+for every task and method it trains on the same capped, seeded data, evaluates on the test split,
+and stores the artifact exactly as the service would, to measure its real size.
+
+    python -m bench.paper_table                       # every task, CPU-sized defaults
+    python -m bench.paper_table --tasks sst2 trec     # a subset
+    python -m bench.paper_table --train-cap 0 --val-cap 0 --lr-grid 3e-5,3e-4,3e-3   # GPU sizes + sweep
+    python -m bench.paper_table --report-only         # rebuild docs/ from the JSON
+
+Resumable: every finished run is written to `<docs-dir>/results/paper_table.json` at once, and a
+run already there (same task, method, seed and learning rate, same settings) is skipped. Writes
+`<docs-dir>/RESULTS.md` and `<docs-dir>/paper_figure.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import machine as machine_info
+from bench import tasks as task_data
+
+METHODS = ("adapter", "full", "top-k", "layernorm")
+CHECK_GRID = {
+    "adapter": (3e-4, 1e-3, 3e-3),
+    "layernorm": (3e-4, 1e-3, 3e-3),
+    "full": (1e-5, 3e-5, 1e-4),
+    "top-k": (3e-5, 1e-4, 3e-4),
+}
+"""Learning rates tried by `--lr-check` when no `--lr-grid` is given: each method's default, ÷3 and ×3."""
+PAPER = {
+    "glue": {"adapter": 80.0, "full": 80.4, "params_pct": 3.6},
+    "17 tasks": {"adapter": 73.3, "full": 73.7, "params_pct": 1.14},
+}
+"""Houlsby et al. 2019: mean accuracy (adapters vs full fine-tuning) and adapter params as % of |w|."""
+TARGETS = {"accuracy_ratio": 0.99, "params_pct": 3.0, "bytes_slack": 1.01}
+SETTING_KEYS = ("train_cap", "val_cap", "test_cap", "max_length", "epochs", "batch_size", "adapter_size", "top_k",
+                "autocast", "backbone_fingerprint")
+"""Settings that change a run's outcome; results made under other settings are never mixed in."""
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.paper_table", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=str(task_data.DEFAULT_DATA_DIR), help="Folder of task folders (default: ../shared/data).")
+    p.add_argument("--tasks", nargs="+", help="Task names (default: every task under --data-dir).")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--train-cap", type=int, default=1000, help="Train examples per task, seeded + stratified; 0 = all.")
+    p.add_argument("--val-cap", type=int, default=500, help="Validation examples per task (stratified); 0 = all.")
+    p.add_argument("--test-cap", type=int, default=0, help="Test examples per task (stratified); 0 = all (default).")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--adapter-size", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--seeds", default="0", help="Comma-separated seeds (default: 0).")
+    p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="Override one method's learning rate.")
+    p.add_argument("--lr-grid", metavar="[METHOD=]LR,LR,...", action="append", default=[],
+                   help="Learning rates to sweep (all methods, or one method with METHOD=); the best validation accuracy wins.")
+    p.add_argument("--lr-check", metavar="TASK",
+                   help="Sweep the grid (default: each method's lr ÷3, ×1, ×3) on TASK only, then use each method's "
+                        "best-validation lr on every task.")
+    p.add_argument("--autocast", choices=("none", "bf16"), default="none", help="Train and evaluate under bf16 autocast.")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
+    p.add_argument("--backbone", default=None, help="Backbone directory (default: $STREAMLEARN_BACKBONE or all-MiniLM-L6-v2).")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda (default: $STREAMLEARN_DEVICE, auto).")
+    p.add_argument("--docs-dir", default=str(task_data.REPO / "docs"),
+                   help="Where RESULTS.md, paper_figure.png and results/paper_table.json go (default: docs/).")
+    p.add_argument("--restart", action="store_true", help="Discard results made under other settings instead of refusing.")
+    p.add_argument("--report-only", action="store_true", help="Only rebuild the documents from the JSON.")
+    args = p.parse_args(argv)
+    args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.lr_fixed = _parse_lr(args.lr, p)
+    args.grid = _parse_grid(args.lr_grid, p)
+    return args
+
+
+def _parse_lr(items: list[str], p: argparse.ArgumentParser) -> dict[str, float]:
+    out = {}
+    for item in items:
+        method, _, value = item.partition("=")
+        if method not in METHODS or not value:
+            p.error(f"--lr {item!r}: expected METHOD=LR with METHOD one of {', '.join(METHODS)}")
+        out[method] = float(value)
+    return out
+
+
+def _parse_grid(items: list[str], p: argparse.ArgumentParser) -> dict[str, tuple[float, ...]]:
+    out: dict[str, tuple[float, ...]] = {}
+    for item in items:
+        method, sep, values = item.rpartition("=") if "=" in item else ("", "", item)
+        lrs = tuple(float(v) for v in values.split(",") if v.strip())
+        if (sep and method not in METHODS) or not lrs:
+            p.error(f"--lr-grid {item!r}: expected LR,LR,... or METHOD=LR,LR,...")
+        for m in ([method] if sep else METHODS):
+            out[m] = lrs
+    return out
+
+
+# ------------------------------------------------------------------------------------------ store
+
+class ResultStore:
+    """The JSON file of finished runs, rewritten (temp file + rename) after every run."""
+
+    def __init__(self, path: Path, settings: dict, restart: bool) -> None:
+        self.path = path
+        self.data = {"settings": settings, "runs": []}
+        if path.exists():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if old.get("settings") == settings:
+                self.data = old
+            elif not restart:
+                diff = {k: (old.get("settings", {}).get(k), settings.get(k)) for k in SETTING_KEYS
+                        if old.get("settings", {}).get(k) != settings.get(k)}
+                raise SystemExit(f"error: {path} holds runs made with other settings {diff} (old, new); "
+                                 "pass --restart to discard them or --docs-dir to write elsewhere")
+            else:
+                print(f"discarding {len(old.get('runs', []))} runs of {path} made with other settings", flush=True)
+
+    def find(self, task: str, method: str, seed: int, lr: float) -> dict | None:
+        for run in self.data["runs"]:
+            if (run["task"], run["method"], run["seed"]) == (task, method, seed) and abs(run["lr"] - lr) <= 1e-12 * lr:
+                return run
+        return None
+
+    def add(self, run: dict) -> None:
+        self.data["runs"].append(run)
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+def safetensors_header_bytes(path: Path) -> int:
+    """Bytes of a safetensors file before its tensor data: the 8-byte length plus the JSON header."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+    return 8 + n
+
+
+def run_one(dataset, task: str, method: str, seed: int, lr: float, args, backbone) -> dict:
+    """Fit one (task, method, seed, lr), save its artifact to a temp dir, and return the run's record."""
+    import contextlib
+
+    import torch
+
+    from streamlearn.methods import MethodConfig
+    from streamlearn.pipeline import fit, save
+    from streamlearn.training import TrainConfig
+
+    method_cfg = MethodConfig(method=method, adapter_size=args.adapter_size, top_k=args.top_k)
+    train_cfg = TrainConfig(epochs=args.epochs, lr=lr, batch_size=args.batch_size, max_length=args.max_length, seed=seed)
+    cast = (torch.autocast(backbone.device.type, dtype=torch.bfloat16) if args.autocast == "bf16"
+            else contextlib.nullcontext())
+    with cast:
+        result = fit(dataset, method_cfg, train_cfg, backbone)
+    with tempfile.TemporaryDirectory(prefix="paper_table-") as tmp:
+        info = save(result, Path(tmp) / f"{task}-{method}.safetensors")
+        header = safetensors_header_bytes(info.path)
+    return {
+        "task": task, "method": method, "seed": seed, "lr": lr,
+        "classes": len(dataset.labels),
+        "examples": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)},
+        "test_accuracy": result.test.accuracy, "test_macro_f1": result.test.macro_f1,
+        "val_accuracy": result.val.accuracy, "val_macro_f1": result.val.macro_f1,
+        "best_epoch": result.best_epoch, "history": result.metadata["metrics"]["history"],
+        "trainable_params": result.trainable_params, "stored_params": result.stored_params,
+        "backbone_params": result.backbone_params,
+        "params_pct": 100.0 * result.trainable_params / result.backbone_params,
+        "bytes": info.bytes, "header_bytes": header,
+        "train_examples_per_s": result.train_examples_per_s, "seconds": result.seconds,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def lrs_for(method: str, args, chosen: dict[str, float] | None, task: str) -> tuple[float, ...]:
+    """The learning rates to run for one (task, method)."""
+    from streamlearn.methods import default_lr
+
+    if chosen is not None and args.lr_check and task != args.lr_check:
+        return (chosen[method],)
+    if args.grid.get(method):
+        return args.grid[method]
+    if args.lr_check:
+        return CHECK_GRID[method]
+    return (args.lr_fixed.get(method, default_lr(method)),)
+
+
+def best_lr(runs: list[dict]) -> float:
+    """The learning rate with the highest mean validation accuracy over seeds (ties: the lower lr)."""
+    by_lr: dict[float, list[float]] = {}
+    for r in runs:
+        by_lr.setdefault(r["lr"], []).append(r["val_accuracy"])
+    return max(sorted(by_lr), key=lambda lr: statistics.fmean(by_lr[lr]))
+
+
+def execute(args, store: ResultStore, backbone) -> None:
+    """Run every planned run not already in the store, checking the lr first when asked."""
+    names = task_data.discover(args.data_dir, args.tasks)
+    if args.lr_check and args.lr_check not in names:
+        names = [args.lr_check] + names
+    order = ([args.lr_check] if args.lr_check else []) + [n for n in names if n != args.lr_check]
+    plan_total = sum(len(lrs_for(m, args, {k: 0.0 for k in METHODS}, t)) for t in order for m in args.methods) * len(args.seed_list)
+    done = 0
+    chosen: dict[str, float] | None = None
+    for task in order:
+        dataset = None
+        for method in args.methods:
+            for lr in lrs_for(method, args, chosen, task):
+                for seed in args.seed_list:
+                    done += 1
+                    tag = f"[{done:>3}/{plan_total}] {task:<14} {method:<9} seed {seed} lr {lr:.0e}"
+                    if store.find(task, method, seed, lr):
+                        print(f"{tag}: already done, skipped", flush=True)
+                        continue
+                    if dataset is None:
+                        dataset = task_data.load(args.data_dir, task, args.train_cap, args.val_cap, args.test_cap, seed=0)
+                    print(f"{tag}: training on {len(dataset.train)} examples ...", flush=True)
+                    run = run_one(dataset, task, method, seed, lr, args, backbone)
+                    store.add(run)
+                    print(f"{tag}: test acc {run['test_accuracy']:.4f}  val acc {run['val_accuracy']:.4f}  "
+                          f"epoch {run['best_epoch']}  {run['train_examples_per_s']:.1f} train ex/s  {run['seconds']:.0f} s",
+                          flush=True)
+        if task == args.lr_check and chosen is None:
+            chosen = {m: best_lr([r for r in store.data["runs"] if r["task"] == task and r["method"] == m])
+                      for m in args.methods}
+            store.data["lr_check"] = {"task": task, "grid": {m: list(lrs_for(m, args, None, task)) for m in args.methods},
+                                      "chosen": chosen}
+            store.save()
+            print("lr check on " + task + ": chosen " + ", ".join(f"{m} {lr:.0e}" for m, lr in chosen.items()), flush=True)
+    store.data["plan"] = {"tasks": order, "methods": list(args.methods), "seeds": args.seed_list,
+                          "lr": chosen or {m: list(lrs_for(m, args, None, "")) for m in args.methods}}
+    store.save()
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def table_rows(data: dict) -> dict[tuple[str, str], dict]:
+    """(task, method) -> the reported result: the best-validation lr, mean over its seeds.
+
+    With `--lr-check`, every task uses the lr chosen on the check task (the check task too).
+    """
+    runs = data["runs"]
+    chosen = (data.get("lr_check") or {}).get("chosen")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["task"], r["method"]), []).append(r)
+    out = {}
+    for key, group in groups.items():
+        lr = chosen[key[1]] if chosen and key[1] in chosen else best_lr(group)
+        picked = [r for r in group if abs(r["lr"] - lr) <= 1e-12 * lr]
+        if not picked:
+            continue
+        mean = lambda k: statistics.fmean(r[k] for r in picked)  # noqa: E731
+        first = picked[0]
+        out[key] = {
+            "task": key[0], "method": key[1], "lr": lr, "seeds": sorted(r["seed"] for r in picked),
+            "test_accuracy": mean("test_accuracy"), "test_macro_f1": mean("test_macro_f1"),
+            "test_accuracy_sd": statistics.stdev([r["test_accuracy"] for r in picked]) if len(picked) > 1 else None,
+            "val_accuracy": mean("val_accuracy"), "train_examples_per_s": mean("train_examples_per_s"),
+            "seconds": mean("seconds"), "best_epochs": [r["best_epoch"] for r in picked],
+            "classes": first["classes"], "examples": first["examples"],
+            "trainable_params": first["trainable_params"], "stored_params": first["stored_params"],
+            "backbone_params": first["backbone_params"], "params_pct": first["params_pct"],
+            "bytes": first["bytes"], "header_bytes": first["header_bytes"],
+            "bytes_bound": TARGETS["bytes_slack"] * first["stored_params"] * 4 + first["header_bytes"],
+        }
+    return out
+
+
+def summarise(data: dict, rows: dict) -> dict:
+    """Means per method over the tasks that have every method, the ratios, and the targets."""
+    methods = [m for m in METHODS if any(k[1] == m for k in rows)]
+    tasks = sorted({k[0] for k in rows})
+    complete = [t for t in tasks if all((t, m) in rows for m in methods)]
+    mean_acc = {m: statistics.fmean(rows[(t, m)]["test_accuracy"] for t in complete) if complete else None for m in methods}
+    summary: dict = {"tasks": tasks, "complete_tasks": complete, "methods": methods, "mean_test_accuracy": mean_acc}
+    adapters = [rows[(t, "adapter")] for t in tasks if (t, "adapter") in rows]
+    backbone_bytes = data["backbone"]["bytes"]
+    if adapters:
+        summary["adapter_params_pct_max"] = max(r["params_pct"] for r in adapters)
+        summary["adapter_params_pct_mean"] = statistics.fmean(r["params_pct"] for r in adapters)
+        summary["adapter_bytes_total"] = sum(r["bytes"] for r in adapters)
+        summary["full_copies_bytes_total"] = len(adapters) * backbone_bytes
+        summary["bytes_ratio"] = summary["adapter_bytes_total"] / summary["full_copies_bytes_total"]
+    if mean_acc.get("adapter") and mean_acc.get("full"):
+        summary["accuracy_ratio"] = mean_acc["adapter"] / mean_acc["full"]
+        summary["per_task_ratio_mean"] = statistics.fmean(rows[(t, "adapter")]["test_accuracy"] / rows[(t, "full")]["test_accuracy"]
+                                                          for t in complete)
+    full_rows = [rows[(t, "full")] for t in tasks if (t, "full") in rows]
+    if full_rows:
+        summary["full_bytes_total"] = sum(r["bytes"] for r in full_rows)
+    bytes_ok = [r["bytes"] <= r["bytes_bound"] for r in rows.values()]
+    adapter_bytes_ok = [r["bytes"] <= r["bytes_bound"] for r in adapters]
+    summary["targets"] = [
+        {"target": f"adapter/full mean test accuracy ≥ {TARGETS['accuracy_ratio']}",
+         "ours": f"{summary['accuracy_ratio']:.4f}" if "accuracy_ratio" in summary else "n/a",
+         "met": summary.get("accuracy_ratio", 0) >= TARGETS["accuracy_ratio"] if "accuracy_ratio" in summary else None},
+        {"target": f"adapter params ≤ {TARGETS['params_pct']:g}% of \\|w\\| (every task)",
+         "ours": f"{summary['adapter_params_pct_max']:.2f}% (largest)" if adapters else "n/a",
+         "met": summary["adapter_params_pct_max"] <= TARGETS["params_pct"] if adapters else None},
+        {"target": "bytes per task ≤ 1.01 × stored params × 4 + safetensors header (adapter artifacts)",
+         "ours": f"{sum(adapter_bytes_ok)}/{len(adapter_bytes_ok)} artifacts; max bytes ÷ (params×4+header) = "
+                 + (f"{max(r['bytes'] / (r['stored_params'] * 4 + r['header_bytes']) for r in adapters):.6f}" if adapters else "n/a"),
+         "met": all(adapter_bytes_ok) if adapter_bytes_ok else None},
+        {"target": "bytes per task ≤ 1.01 × stored params × 4 + header (every method's artifacts)",
+         "ours": f"{sum(bytes_ok)}/{len(bytes_ok)} artifacts", "met": all(bytes_ok) if bytes_ok else None},
+    ]
+    return summary
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.2f} MB"
+
+
+def _met(flag) -> str:
+    return "n/a" if flag is None else ("**met**" if flag else "**not met**")
+
+
+def render(data: dict, docs_dir: Path) -> str:
+    """RESULTS.md from the JSON (and the figure written beside it)."""
+    rows = table_rows(data)
+    s = summarise(data, rows)
+    st, mach, bb = data["settings"], data["machine"], data["backbone"]
+    out = ["# Results: Houlsby adapters vs fine-tuning on real tasks", ""]
+    out.append("Generated by `bench/paper_table.py`; never edit by hand. Regenerate (resumes from "
+               "`docs/results/paper_table.json`; add `--restart` to start over):")
+    out += ["", "```", data.get("command", "python -m bench.paper_table"), "```", ""]
+    out.append(f"Machine: {machine_info.sentence(mach)}.")
+    if not mach.get("gpu"):
+        out.append("No GPU was lent to this session: every number here comes from the CPU, with the CPU-sized "
+                   f"protocol below (train cap {st['train_cap']}, eval caps, max length {st['max_length']}, {st['epochs']} epochs, "
+                   f"{len(data.get('plan', {}).get('seeds', [0]))} seed(s)). A GPU run at full "
+                   "sizes with the paper's sweep (`--train-cap 0 --val-cap 0 --lr-grid 3e-5,3e-4,3e-3`) is not part of this document.")
+    out.append(f"Last updated {data.get('updated_at', '?')}.")
+    lrs = (data.get("lr_check") or {}).get("chosen") or data.get("plan", {}).get("lr", {})
+    out += ["", "## Protocol", ""]
+    out.append(f"- Backbone: {bb['name']} (L={bb['layers']}, d={bb['hidden']}, |w| = {bb['params']:,} parameters, "
+               f"{_mb(bb['bytes'])} as float32; fingerprint `{bb['fingerprint'][:12]}`), frozen and shared.")
+    out.append(f"- Methods (Houlsby et al. 2019): **adapter** (m={st['adapter_size']}, two Houlsby adapters per layer + "
+               f"per-task LayerNorms + head), **full** fine-tuning (every weight, on a copy), **top-k** (top {st['top_k']} "
+               "layer + head), **layernorm** (LayerNorms + head). Each stores exactly the tensors it trained (safetensors, float32).")
+    cap = lambda n: "all" if not n else f"at most {n:,}"  # noqa: E731
+    out.append(f"- Data: the {len(s['tasks'])} tasks of `{data.get('data_dir', '../shared/data')}`; train {cap(st['train_cap'])} examples per task, "
+               f"validation {cap(st['val_cap'])}, test {cap(st['test_cap'])} (caps are seeded with seed 0 and stratified by "
+               "class; the same examples for every method). The validation cap only saves CPU time in model selection; the test split is the one the numbers below are measured on.")
+    out.append(f"- Training: max length {st['max_length']} tokens, {st['epochs']} epochs, batch {st['batch_size']}, AdamW with "
+               "10% warm-up then linear decay, gradient clipping at 1; the epoch with the best validation accuracy is kept "
+               f"(model selection as in the paper); seeds {', '.join(map(str, data.get('plan', {}).get('seeds', [0])))}; autocast: {st['autocast']}.")
+    if lrs:
+        out.append("- Learning rate per method: " + ", ".join(
+            f"{m} {lr:g}" if isinstance(lr, float) else f"{m} {'/'.join(f'{x:g}' for x in lr)}" for m, lr in lrs.items())
+            + (" (chosen on one task, below)." if data.get("lr_check") else "."))
+    if data.get("lr_check"):
+        out += _render_lr_check(data)
+    out += ["", "## Test accuracy per task", ""]
+    methods = s["methods"]
+    out.append("| task | classes | train | test | " + " | ".join(methods) + " | adapter − full |")
+    out.append("|---|---:|---:|---:|" + "---:|" * len(methods) + "---:|")
+    for t in s["tasks"]:
+        any_row = next(rows[(t, m)] for m in methods if (t, m) in rows)
+        cells = [f"{rows[(t, m)]['test_accuracy']:.4f}" if (t, m) in rows else "—" for m in methods]
+        delta = (f"{rows[(t, 'adapter')]['test_accuracy'] - rows[(t, 'full')]['test_accuracy']:+.4f}"
+                 if (t, "adapter") in rows and (t, "full") in rows else "—")
+        out.append(f"| `{t}` | {any_row['classes']} | {any_row['examples']['train']:,} | {any_row['examples']['test']:,} | "
+                   + " | ".join(cells) + f" | {delta} |")
+    if s["complete_tasks"]:
+        means = [f"**{s['mean_test_accuracy'][m]:.4f}**" for m in methods]
+        out.append(f"| **mean of {len(s['complete_tasks'])} tasks** | | | | " + " | ".join(means) + " | |")
+    out += ["", "## Per run", ""]
+    out.append("Trained params as % of |w|; bytes = the real safetensors file (header included); bound = "
+               "1.01 × stored params × 4 + header.")
+    out.append("")
+    out.append("| task | method | lr | test acc | test macro-F1 | val acc | best epoch | trained params | % of \\|w\\| | bytes stored | bytes ÷ bound | train ex/s |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in s["tasks"]:
+        for m in methods:
+            if (t, m) not in rows:
+                continue
+            r = rows[(t, m)]
+            out.append(f"| `{t}` | {m} | {r['lr']:g} | {r['test_accuracy']:.4f} | {r['test_macro_f1']:.4f} | {r['val_accuracy']:.4f} | "
+                       f"{'/'.join(map(str, r['best_epochs']))} | {r['trainable_params']:,} | {r['params_pct']:.3f}% | "
+                       f"{r['bytes']:,} | {r['bytes'] / r['bytes_bound']:.4f} | {r['train_examples_per_s']:.1f} |")
+    out += ["", "## Summary", ""]
+    if "accuracy_ratio" in s:
+        ma = s["mean_test_accuracy"]
+        out.append(f"- Mean test accuracy over {len(s['complete_tasks'])} tasks: adapter {ma['adapter']:.4f}, full "
+                   f"{ma['full']:.4f}: **adapter ÷ full = {s['accuracy_ratio']:.4f}** (mean of per-task ratios "
+                   f"{s['per_task_ratio_mean']:.4f})."
+                   + "".join(f" {m}: {ma[m]:.4f} (÷ full = {ma[m] / ma['full']:.4f})." for m in methods if m not in ("adapter", "full")))
+    if "adapter_bytes_total" in s:
+        k = len([t for t in s["tasks"] if (t, "adapter") in rows])
+        out.append(f"- Stored bytes of all K={k} tasks: adapters **{_mb(s['adapter_bytes_total'])}** vs K·|w| = "
+                   f"{_mb(s['full_copies_bytes_total'])} (**{100 * s['bytes_ratio']:.2f}%**, "
+                   f"{1 / s['bytes_ratio']:.0f}× less)" + (f"; the full fine-tuning artifacts measured {_mb(s['full_bytes_total'])}" if "full_bytes_total" in s else "") + ".")
+        out.append(f"- Adapter trained params: {s['adapter_params_pct_mean']:.2f}% of |w| on average, "
+                   f"{s['adapter_params_pct_max']:.2f}% at most (the head grows with the classes).")
+    g, p17 = PAPER["glue"], PAPER["17 tasks"]
+    out.append("")
+    out.append("| | adapter | full | adapter ÷ full | adapter params |")
+    out.append("|---|---:|---:|---:|---:|")
+    out.append(f"| Houlsby et al. 2019, GLUE (BERT-Large) | {g['adapter']} | {g['full']} | {g['adapter'] / g['full']:.4f} | {g['params_pct']}% |")
+    out.append(f"| Houlsby et al. 2019, 17 tasks (BERT-Base) | {p17['adapter']} | {p17['full']} | {p17['adapter'] / p17['full']:.4f} | {p17['params_pct']}% |")
+    if "accuracy_ratio" in s:
+        ma = s["mean_test_accuracy"]
+        out.append(f"| ours, {len(s['complete_tasks'])} tasks ({bb['name']}) | {100 * ma['adapter']:.1f} | {100 * ma['full']:.1f} | "
+                   f"{s['accuracy_ratio']:.4f} | {s['adapter_params_pct_mean']:.2f}% |")
+    out += ["", "## Targets", "", "| target | ours | |", "|---|---|---|"]
+    for t in s["targets"]:
+        out.append(f"| {t['target']} | {t['ours']} | {_met(t['met'])} |")
+    missing = [t for t in data.get("plan", {}).get("tasks", s["tasks"]) if t not in s["complete_tasks"]]
+    if missing:
+        out += ["", f"Not finished yet: {', '.join(missing)} (rerun the command above to resume)."]
+    out += ["", "## Figure", "", "![test accuracy vs trained parameters](paper_figure.png)", "",
+            "Left: test accuracy against trained parameters (log scale), one point per method per task. Right: the "
+            "same, minus full fine-tuning's accuracy on that task (the paper's Figure 3 view); black markers are the means.", ""]
+    (docs_dir / "RESULTS.md").write_text("\n".join(out), encoding="utf-8")
+    plot(rows, s, bb, docs_dir / "paper_figure.png")
+    return "\n".join(out)
+
+
+def _render_lr_check(data: dict) -> list[str]:
+    chk = data["lr_check"]
+    runs = [r for r in data["runs"] if r["task"] == chk["task"]]
+    out = ["", f"## Learning-rate check on `{chk['task']}`", "",
+           "Before the table, each method's learning rate was checked on this one task: the grid below, the same caps "
+           "and epochs; the lr with the best validation accuracy was then used on every task.", "",
+           "| method | lr | val acc | test acc | best epoch | train loss by epoch | |", "|---|---:|---:|---:|---:|---|---|"]
+    for m, grid in chk["grid"].items():
+        for lr in grid:
+            for r in sorted((r for r in runs if r["method"] == m and abs(r["lr"] - lr) <= 1e-12 * lr), key=lambda r: r["seed"]):
+                losses = ", ".join(f"{h['train_loss']:.3f}" for h in r["history"])
+                out.append(f"| {m} | {lr:g} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['best_epoch']} | {losses} | "
+                           + ("**chosen**" if abs(chk["chosen"][m] - lr) <= 1e-12 * lr else "") + " |")
+    return out
+
+
+def plot(rows: dict, s: dict, bb: dict, path: Path) -> None:
+    """Test accuracy vs trained parameters (log x): absolute (left) and relative to full fine-tuning (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"adapter": "o", "full": "s", "top-k": "^", "layernorm": "D"}
+    colors = plt.get_cmap("tab10")
+    fig, (ax, rel) = plt.subplots(1, 2, figsize=(13, 5.6), dpi=110)
+    for i, t in enumerate(s["tasks"]):
+        pts = sorted((rows[(t, m)]["trainable_params"], rows[(t, m)]["test_accuracy"], m) for m in s["methods"] if (t, m) in rows)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors(i % 10), lw=0.8, alpha=0.5)
+        for x, y, m in pts:
+            ax.scatter(x, y, marker=markers[m], color=colors(i % 10), s=42, zorder=3, edgecolor="black", linewidth=0.4)
+        full = rows.get((t, "full"))
+        if full:
+            rel.scatter([p[0] for p in pts], [100 * (p[1] - full["test_accuracy"]) for p in pts], color=colors(i % 10),
+                        s=30, alpha=0.8, zorder=3, label=t, marker="o")
+    for m in s["methods"]:
+        if s["mean_test_accuracy"].get(m) is not None and s["mean_test_accuracy"].get("full") is not None:
+            xs = [rows[(t, m)]["trainable_params"] for t in s["complete_tasks"]]
+            mean_x = statistics.fmean(xs)
+            rel.scatter(mean_x, 100 * (s["mean_test_accuracy"][m] - s["mean_test_accuracy"]["full"]), marker=markers[m],
+                        color="black", s=110, zorder=4)
+            rel.annotate(f"{m}\n{100 * (s['mean_test_accuracy'][m] - s['mean_test_accuracy']['full']):+.1f} pts",
+                         (mean_x, 100 * (s["mean_test_accuracy"][m] - s["mean_test_accuracy"]["full"])),
+                         xytext=(8, -4), textcoords="offset points", fontsize=8, va="top")
+    for a in (ax, rel):
+        a.set_xscale("log")
+        a.set_xlabel("trained parameters per task (log scale)")
+        a.grid(True, which="major", alpha=0.35)
+    ax.axvline(bb["params"], color="grey", ls=":", lw=1)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"Test accuracy vs trained parameters ({bb['name']}, |w| = {bb['params'] / 1e6:.1f}M)", fontsize=10)
+    for m, mk in markers.items():
+        if m in s["methods"]:
+            ax.scatter([], [], marker=mk, color="white", edgecolor="black", label=m)
+    ax.legend(title="method (colour = task)", fontsize=8, loc="lower right")
+    rel.axhline(0, color="grey", lw=1)
+    rel.set_ylabel("test accuracy − full fine-tuning (points)")
+    rel.set_title("Relative to full fine-tuning on the same task (black: mean)", fontsize=10)
+    rel.legend(title="task", fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run (or resume) the table and write the documents; return the JSON data."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    docs_dir = Path(args.docs_dir)
+    json_path = docs_dir / "results" / "paper_table.json"
+    if args.report_only:
+        if not json_path.exists():
+            raise SystemExit(f"error: {json_path} does not exist; run without --report-only first")
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        render(data, docs_dir)
+        print(f"wrote {docs_dir / 'RESULTS.md'} and {docs_dir / 'paper_figure.png'}")
+        return data
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from streamlearn.backbone import load_backbone
+
+    started = time.perf_counter()
+    backbone = load_backbone(args.backbone, args.device)
+    settings = {"train_cap": args.train_cap, "val_cap": args.val_cap, "test_cap": args.test_cap,
+                "max_length": args.max_length, "epochs": args.epochs, "batch_size": args.batch_size,
+                "adapter_size": args.adapter_size, "top_k": args.top_k, "autocast": args.autocast,
+                "backbone_fingerprint": backbone.info.fingerprint}
+    store = ResultStore(json_path, settings, args.restart)
+    store.data["machine"] = machine_info.describe(backbone.device)
+    store.data["backbone"] = {k: getattr(backbone.info, k) for k in ("name", "fingerprint", "layers", "hidden", "params", "bytes")}
+    store.data["data_dir"] = _portable([args.data_dir])[0]
+    store.data["command"] = "python -m bench.paper_table" + (" " + shlex.join(_portable(argv)) if argv else "")
+    execute(args, store, backbone)
+    store.data["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    store.save()
+    render(store.data, docs_dir)
+    print(f"wrote {docs_dir / 'RESULTS.md'}, {docs_dir / 'paper_figure.png'} and {json_path} "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return store.data
+
+
+def _portable(argv: list[str]) -> list[str]:
+    """argv with absolute paths under the repository made relative, for the regenerate line."""
+    out = []
+    for a in argv:
+        try:
+            out.append(os.path.relpath(a, task_data.REPO) if os.path.isabs(a) else a)
+        except ValueError:
+            out.append(a)
+    return out
+
+
+if __name__ == "__main__":
+    main()
