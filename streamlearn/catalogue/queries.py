@@ -204,6 +204,23 @@ def stale_queued_jobs(s: Session, now: datetime, timeout: float | timedelta) -> 
     return _recovery_rows(s, stmt)
 
 
+def sweeps_ready(s: Session) -> list[str]:
+    """Ids of sweeps not yet ended whose trials have all ended: selection is due (see `trials.settle`)."""
+    trial = aliased(Job)
+    unfinished = (
+        select(trial.id)
+        .where(trial.parent_id == Job.id, trial.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+        .exists()
+    )
+    any_trial = select(trial.id).where(trial.parent_id == Job.id).exists()
+    stmt = (
+        select(Job.id)
+        .where(Job.kind == JobKind.SWEEP, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)), any_trial, ~unfinished)
+        .order_by(Job.created_at)
+    )
+    return list(s.scalars(stmt))
+
+
 def storage_report(s: Session) -> dict[str, Any]:
     """Cumulative stored bytes per task in arrival order, against the 4Lmd law and K full copies.
 

@@ -36,7 +36,7 @@ from streamlearn.errors import UnknownJob
 __all__ = [
     "ARTIFACT_FIELDS", "TASK_NAME", "TRANSITIONS", "InvalidTransition", "complete_sweep", "create_job",
     "create_task_and_job", "ensure_backbone", "find_job", "find_task", "heartbeat", "mark_failed", "mark_running",
-    "mark_succeeded", "record_progress", "requeue", "spec_sha256",
+    "mark_succeeded", "record_progress", "requeue", "spec_sha256", "start_sweep",
 ]
 
 Q, R, S, F = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED
@@ -246,6 +246,19 @@ def requeue(s: Session, job_id: str, *, stale_before: datetime | None = None) ->
         if stale_before is not None and refused.current in (Q, R):
             return None
         raise
+
+
+def start_sweep(s: Session, sweep_id: str) -> bool:
+    """queued -> running for a sweep whose first trial started; no worker is recorded on the sweep.
+
+    Returns:
+        False when the sweep was not queued (already running or ended): nothing changed.
+    """
+    result = s.execute(
+        update(Job).where(Job.id == sweep_id, Job.kind == JobKind.SWEEP, Job.status == Q)
+        .values(status=R, started_at=utcnow()).execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def complete_sweep(s: Session, sweep_id: str, winner_id: str) -> list[str]:
