@@ -44,8 +44,10 @@ def _accuracy(value: float | None) -> str:
 def tasks_command(as_json: bool) -> None:
     """List every task with its latest job's status and its stored artifact.
 
-    Columns: task, status of its latest job, method, adapter size m, validation and test accuracy,
-    trainable parameters, bytes on disk, artifact sha256 (first 12 hex digits) and backbone.
+    Columns: task, status of its latest job, method, adapter size m, the kept artifact's
+    hyperparameters (for a sweep: the chosen trial's, e.g. `m=64 lr=1e-3 ep=3`), validation and
+    test accuracy, trainable parameters, bytes on disk, artifact sha256 (first 12 hex digits) and
+    backbone.
     `--json` adds stored parameters, hyperparameters, the artifact URI and job ids.
     """
     from streamlearn.catalogue.queries import task_table
@@ -62,8 +64,10 @@ def tasks_command(as_json: bool) -> None:
         return
     from rich.table import Table
 
+    from streamlearn.sweep import label
+
     table = Table(title=f"{len(rows)} task{'s' if len(rows) != 1 else ''}")
-    for name in ("task", "status", "method", "m"):
+    for name in ("task", "status", "method", "m", "hyperparameters"):
         table.add_column(name)
     for name in ("val acc", "test acc", "trainable", "bytes"):
         table.add_column(name, justify="right")
@@ -72,7 +76,7 @@ def tasks_command(as_json: bool) -> None:
     for r in rows:
         table.add_row(
             r["task"], r["status"] or "-", r["method"] or "-",
-            "-" if r["adapter_size"] is None else str(r["adapter_size"]),
+            "-" if r["adapter_size"] is None else str(r["adapter_size"]), label(r["hyperparameters"]),
             _accuracy(r["val_accuracy"]), _accuracy(r["test_accuracy"]), _number(r["trainable_params"]),
             _number(r["bytes"]), (r["sha256"] or "-")[:12], r["backbone"] or "-",
         )
