@@ -111,9 +111,16 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _read_bytes(path: Path) -> bytes:
-    if not path.is_file():
+    if path.is_dir():
+        raise InvalidDataset(f"{path}: is a directory, not a JSONL file")
+    if not path.exists():
         raise InvalidDataset(f"{path}: no such file")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except PermissionError:
+        raise InvalidDataset(f"{path}: cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise InvalidDataset(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
@@ -128,7 +135,7 @@ def _read_bytes(path: Path) -> bytes:
     return raw
 
 
-def _decode(path: Path, lineno: int, line: bytes, last: bool, spec: DataSpec) -> dict:
+def _decode(path: Path, lineno: int, line: bytes, last: bool, first: bool, spec: DataSpec) -> dict:
     where = f"{path}:{lineno}"
     if len(line) > spec.max_line_bytes:
         raise InvalidDataset(f"{where}: line is {len(line):,} bytes, over the limit of {spec.max_line_bytes:,}")
@@ -137,14 +144,45 @@ def _decode(path: Path, lineno: int, line: bytes, last: bool, spec: DataSpec) ->
     except UnicodeDecodeError as exc:
         raise InvalidDataset(f"{where}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})") from None
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as dup:
+        raise InvalidDataset(f"{where}: field {dup.args[0]!r}: appears twice on the line") from None
+    except RecursionError:
+        raise InvalidDataset(f"{where}: not a JSON object (nested too deeply)") from None
     except json.JSONDecodeError as exc:
+        if first and text.lstrip().startswith("["):
+            raise InvalidDataset(f"{where}: {_ARRAY_HINT}") from None
+        if _TRAILING_COMMA.match(text, exc.pos - 1 if exc.pos else 0) or (
+            exc.msg == "Extra data" and text.rstrip().endswith(",")
+        ):
+            raise InvalidDataset(
+                f"{where}: not a JSON object (trailing comma at column {exc.colno}; JSON allows none, and "
+                "JSON Lines puts no commas between lines)"
+            ) from None
         if text.lstrip().startswith("{") and (exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")):
             hint = " (the file ends mid-line)" if last else ""
             raise InvalidDataset(f"{where}: truncated line, the JSON object ends early{hint}") from None
         raise InvalidDataset(f"{where}: not a JSON object ({exc.msg} at column {exc.colno})") from None
     if not isinstance(obj, dict):
+        if first and isinstance(obj, list):
+            raise InvalidDataset(f"{where}: {_ARRAY_HINT}")
         raise InvalidDataset(f"{where}: not a JSON object (got {_kind(obj)})")
+    return obj
+
+
+_ARRAY_HINT = "not a JSON object (got an array: the file looks like one JSON array; write JSON Lines, one object per line)"
+_TRAILING_COMMA = re.compile(r",\s*[}\]]")
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names one field twice (json.loads would silently keep the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
     return obj
 
 
@@ -163,6 +201,13 @@ def _text(where: str, obj: dict, name: str, flag: str) -> str:
     value = _CONTROL.sub("", value)
     if not value.strip():
         raise InvalidDataset(f"{where}: field {name!r}: empty text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape such as "\ud800" decodes to a lone surrogate
+        raise InvalidDataset(
+            f"{where}: field {name!r}: invalid Unicode (unpaired surrogate \\u{ord(value[exc.start]):04x} "
+            f"at character {exc.start + 1})"
+        ) from None
     return value
 
 
@@ -205,7 +250,7 @@ def _read_numbered(path: Path, spec: DataSpec, require_label: bool) -> list[tupl
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        obj = _decode(path, lineno, line, lineno == len(lines), spec)
+        obj = _decode(path, lineno, line, lineno == len(lines), not examples, spec)
         text = _text(where, obj, spec.text_field, "--text-field")
         label = _label(where, obj, spec.label_field) if require_label or spec.label_field in obj else None
         if label is not None:

@@ -32,9 +32,10 @@ def _echo_json(obj) -> None:
 
 
 @main.command("train")
-@click.argument("data", type=click.Path(dir_okay=False))
-@click.option("--validation", type=click.Path(dir_okay=False), help="Validation JSONL. Default: a seeded, stratified 10% of DATA.")
-@click.option("--test", "test_file", type=click.Path(dir_okay=False), help="Test JSONL (optional); reported for the best epoch.")
+# Plain paths: data.py checks them, so a directory or an unreadable file gets the one-line error.
+@click.argument("data", type=click.Path())
+@click.option("--validation", type=click.Path(), help="Validation JSONL. Default: a seeded, stratified 10% of DATA.")
+@click.option("--test", "test_file", type=click.Path(), help="Test JSONL (optional); reported for the best epoch.")
 @click.option("--method", type=click.Choice(["adapter", "full", "top-k", "layernorm"]), default="adapter", show_default=True,
               help="adapter: Houlsby adapters + LayerNorms + head; full: every weight (on a copy); "
                    "top-k: the top K layers + head; layernorm: LayerNorms + head.")
@@ -51,6 +52,10 @@ def _echo_json(obj) -> None:
 @click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True, help="Seed of init, shuffling, dropout and the carved split.")
 @click.option("--text-field", default="text", show_default=True, help="JSON field holding the text.")
 @click.option("--label-field", default="label", show_default=True, help="JSON field holding the label (string or integer).")
+@click.option("--max-classes", type=click.IntRange(2, None), default=1000, show_default=True,
+              help="Most distinct labels a task may have.")
+@click.option("--max-line-bytes", type=click.IntRange(16, None), default=1_000_000, show_default=True,
+              help="Longest accepted line, in bytes (after gunzip).")
 @click.option("--train-cap", type=click.IntRange(2, None), default=None, help="Train on a seeded, stratified subset of at most N examples.")
 @backbone_option
 @click.option("--output", type=click.Path(file_okay=False), default="artifacts", show_default=True,
@@ -58,17 +63,29 @@ def _echo_json(obj) -> None:
                    "stem (its folder's name for a file called train.jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table; no progress bar.")
 def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr, batch_size,
-                  max_length, seed, text_field, label_field, train_cap, backbone_dir, output, as_json) -> None:
+                  max_length, seed, text_field, label_field, max_classes, max_line_bytes, train_cap, backbone_dir, output,
+                  as_json) -> None:
     """Train one task in this process (no queue, no catalogue) and write its artifact.
 
     DATA is a JSONL (or .jsonl.gz) file with one {"text": ..., "label": ...} object per line, and
     optionally "text_pair" on every line for sentence-pair tasks. Labels may be strings or integers
-    (one type per file), 2 to 1000 classes. Every line is validated before training starts;
-    nothing is written when a file is invalid. Device: $STREAMLEARN_DEVICE (auto = CUDA when present).
+    (one type per file). Every line is validated before training starts; nothing is written when a
+    file is invalid. Device: $STREAMLEARN_DEVICE (auto = CUDA when present).
+
+    \b
+    Limits (an input over one is refused with FILE:LINE: field 'NAME': reason, exit code 2):
+      classes        2 to 1000 (--max-classes)
+      line length    1,000,000 bytes (--max-line-bytes), measured after gunzip
+      encoding       UTF-8 (a BOM and CRLF line ends are fine); .jsonl.gz is read as gzip
+      text           a non-empty string; C0 control characters other than tab/newline/CR are
+                     removed, and a text empty after that is refused
+      labels         strings or integers (not floats, booleans, null or nested), one type per file
+      validation/test  labels must occur in DATA; text_pair on every line of every file or on none
     """
     from streamlearn.data import DataSpec, load_dataset
 
-    spec = DataSpec(text_field=text_field, label_field=label_field)
+    spec = DataSpec(text_field=text_field, label_field=label_field, max_classes=max_classes,
+                    max_line_bytes=max_line_bytes)
     dataset = load_dataset(data, validation, test_file, spec=spec, seed=seed)
     if train_cap is not None:
         dataset = dataset.capped(train_cap, seed=seed)
