@@ -495,7 +495,8 @@ def plot(rows: dict, s: dict, bb: dict, path: Path) -> None:
     rel.axhline(0, color="grey", lw=1)
     rel.set_ylabel("test accuracy − full fine-tuning (points)")
     rel.set_title("Relative to full fine-tuning on the same task (black: mean)", fontsize=10)
-    rel.legend(title="task", fontsize=7, ncol=2, loc="lower right")
+    if rel.get_legend_handles_labels()[0]:
+        rel.legend(title="task", fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,0 +1,616 @@
+"""Speed ratios, each measured side by side in one run: A B A B ..., medians of the repeats.
+
+    python -m bench.speed                                  # every section, real task sst2
+    python -m bench.speed --sections train inference       # a subset (merged into the JSON)
+    python -m bench.speed --report-only                    # rebuild docs/SPEED.md from the JSON
+
+Sections:
+- train: training examples/s, adapter ÷ full fine-tuning, on the same batches (the engine's loop);
+- inference: examples/s of the backbone with an adapter attached ÷ the bare backbone (same batches);
+- speedups: length bucketing on/off, inference_mode vs no_grad, bf16 autocast on/off, and what a
+  tokenization cache could save at most;
+- service: (submit -> succeeded wall time) ÷ (in-process load + fit + save wall time) for the same
+  files, with a warm worker subprocess, in embedded mode (SQLite + filesystem broker) and with Redis;
+- residency: on a fresh worker, the first and second job's times (the backbone is loaded once).
+
+Writes `<docs-dir>/SPEED.md` and `<docs-dir>/results/speed.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import machine as machine_info
+from bench import tasks as task_data
+
+SECTIONS = ("train", "inference", "speedups", "service", "residency")
+TARGETS = {"train": 1.3, "inference": 0.9, "service": 1.05}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=str(task_data.DEFAULT_DATA_DIR), help="Folder of task folders (default: ../shared/data).")
+    p.add_argument("--task", default="sst2", help="The real task whose texts are timed (default: sst2).")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--repeats", type=int, default=5, help="Timed repeats of each side (median reported; at least 5 for the docs).")
+    p.add_argument("--train-examples", type=int, default=256, help="Examples per timed training pass.")
+    p.add_argument("--infer-examples", type=int, default=512, help="Examples per timed inference pass.")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--service-train-cap", type=int, default=200, help="Train examples of the service-overhead task.")
+    p.add_argument("--service-eval-cap", type=int, default=100, help="Validation and test examples of that task.")
+    p.add_argument("--service-epochs", type=int, default=1)
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/11",
+                   help="Broker of the Redis run ('' skips it); a private queue name is used on it.")
+    p.add_argument("--backbone", default=None, help="Backbone directory (default: $STREAMLEARN_BACKBONE or all-MiniLM-L6-v2).")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda (default: $STREAMLEARN_DEVICE, auto).")
+    p.add_argument("--docs-dir", default=str(task_data.REPO / "docs"), help="Where SPEED.md and results/speed.json go.")
+    p.add_argument("--report-only", action="store_true", help="Only rebuild SPEED.md from the JSON.")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+def interleaved(sides: dict[str, Callable[[], float]], repeats: int, warmup: int = 1) -> dict:
+    """Run each side once untimed, then `repeats` rounds of A B (C ...), alternating the order.
+
+    Each side returns its own measurement (examples/s or seconds). Returns per side the values
+    and their median, plus the per-round ratios first/second (for two sides).
+    """
+    names = list(sides)
+    for _ in range(warmup):
+        for name in names:
+            sides[name]()
+    values: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            values[name].append(sides[name]())
+    out = {"values": values, "median": {n: statistics.median(v) for n, v in values.items()}, "repeats": repeats}
+    if len(names) == 2:
+        a, b = names
+        out["ratio_of_medians"] = out["median"][a] / out["median"][b]
+        out["median_of_ratios"] = statistics.median(x / y for x, y in zip(values[a], values[b]))
+    return out
+
+
+def _examples(args):
+    ds = task_data.load(args.data_dir, args.task, seed=0)
+    return ds
+
+
+def _batch_list(examples, ds, backbone, args, shuffle=True, bucket_batches=50, by_length=False):
+    from streamlearn.batches import Batches
+
+    index = {name: i for i, name in enumerate(ds.labels)}
+    b = Batches(examples, backbone.tokenizer, index, args.batch_size, args.max_length, shuffle=shuffle, seed=0,
+                bucket_batches=bucket_batches, by_length=by_length)
+    return list(b)
+
+
+def train_pass(backbone, method: str, batches: list, classes: int, autocast: bool = False) -> float:
+    """One engine training epoch of a fresh task over `batches`; returns training examples/s."""
+    import torch
+
+    from streamlearn import training
+    from streamlearn.methods import MethodConfig, TaskModules, attached, default_lr
+
+    torch.manual_seed(0)
+    task = TaskModules(backbone, MethodConfig(method=method), classes)
+    cfg = training.TrainConfig(epochs=1, lr=default_lr(method), seed=0)
+    cast = torch.autocast(backbone.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with attached(backbone, task) as model, cast:
+        log = training.train(model, batches, [], cfg)
+    return log.train_examples_per_s
+
+
+def infer_pass(model, batches: list, mode: str = "inference", autocast: bool = False) -> float:
+    """Forward every batch without autograd; returns examples/s."""
+    import torch
+
+    device = next(model.parameters()).device
+    guard = torch.inference_mode() if mode == "inference" else torch.no_grad()
+    cast = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    n = 0
+    start = time.perf_counter()
+    with guard, cast:
+        for batch in batches:
+            model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+            n += len(batch["input_ids"])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
+def section_train(args, backbone, ds) -> dict:
+    examples = task_data.stratified(ds.train, args.train_examples, seed=0)
+    batches = _batch_list(examples, ds, backbone, args)
+    res = interleaved({m: (lambda m=m: train_pass(backbone, m, batches, len(ds.labels))) for m in ("adapter", "full")},
+                      args.repeats)
+    res["examples"] = len(examples)
+    res["unit"] = "training examples/s"
+    return res
+
+
+def section_inference(args, backbone, ds) -> dict:
+    import torch
+
+    from streamlearn.methods import Classifier, MethodConfig, TaskModules, attached
+
+    examples = task_data.stratified(ds.test, args.infer_examples, seed=0)
+    batches = _batch_list(examples, ds, backbone, args, shuffle=False, by_length=True)
+    torch.manual_seed(0)
+    task = TaskModules(backbone, MethodConfig(method="adapter"), len(ds.labels)).requires_grad_(False).eval()
+    bare = Classifier(backbone.model, torch.nn.Linear(backbone.info.hidden, len(ds.labels)).to(backbone.device), "mean").eval()
+
+    def adapter() -> float:
+        with attached(backbone, task) as model:
+            model.eval()
+            return infer_pass(model, batches)
+
+    res = interleaved({"adapter": adapter, "bare": lambda: infer_pass(bare, batches)}, args.repeats)
+    res["examples"] = len(examples)
+    res["unit"] = "inference examples/s (forward, mean pooling + head)"
+    return res
+
+
+def section_speedups(args, backbone, ds) -> dict:
+    """Length bucketing, inference_mode, bf16 autocast, tokenization cost."""
+    import torch
+
+    from streamlearn.batches import Batches
+    from streamlearn.methods import MethodConfig, TaskModules, attached
+
+    out: dict = {}
+    examples = task_data.stratified(ds.train, args.train_examples, seed=0)
+    bucketed = _batch_list(examples, ds, backbone, args, bucket_batches=50)
+    plain = _batch_list(examples, ds, backbone, args, bucket_batches=1)
+    pad = lambda bl: 1 - sum(int(b["attention_mask"].sum()) for b in bl) / sum(b["attention_mask"].numel() for b in bl)  # noqa: E731
+    out["bucketing"] = interleaved({
+        "bucketed": lambda: train_pass(backbone, "adapter", bucketed, len(ds.labels)),
+        "unbucketed": lambda: train_pass(backbone, "adapter", plain, len(ds.labels)),
+    }, args.repeats)
+    out["bucketing"]["padding_fraction"] = {"bucketed": pad(bucketed), "unbucketed": pad(plain)}
+    out["bucketing"]["unit"] = "adapter training examples/s"
+
+    infer_examples = task_data.stratified(ds.test, args.infer_examples, seed=0)
+    infer_batches = _batch_list(infer_examples, ds, backbone, args, shuffle=False, by_length=True)
+    torch.manual_seed(0)
+    task = TaskModules(backbone, MethodConfig(method="adapter"), len(ds.labels)).requires_grad_(False).eval()
+
+    def infer(mode: str, autocast: bool = False) -> Callable[[], float]:
+        def run() -> float:
+            with attached(backbone, task) as model:
+                model.eval()
+                return infer_pass(model, infer_batches, mode=mode, autocast=autocast)
+        return run
+
+    out["inference_mode"] = interleaved({"inference_mode": infer("inference"), "no_grad": infer("no_grad")}, args.repeats)
+    out["inference_mode"]["unit"] = "adapter inference examples/s"
+    out["bf16_train"] = interleaved({
+        "bf16": lambda: train_pass(backbone, "adapter", bucketed, len(ds.labels), autocast=True),
+        "fp32": lambda: train_pass(backbone, "adapter", bucketed, len(ds.labels)),
+    }, args.repeats)
+    out["bf16_train"]["unit"] = "adapter training examples/s"
+    out["bf16_infer"] = interleaved({"bf16": infer("inference", autocast=True), "fp32": infer("inference")}, args.repeats)
+    out["bf16_infer"]["unit"] = "adapter inference examples/s"
+
+    # Tokenization: what a per-dataset cache could save at most, against one real fit's time.
+    index = {name: i for i, name in enumerate(ds.labels)}
+
+    def tokenize() -> float:
+        start = time.perf_counter()
+        for split in (ds.train, ds.validation, ds.test):
+            Batches(split, backbone.tokenizer, index, args.batch_size, args.max_length)
+        return time.perf_counter() - start
+
+    tok = [tokenize() for _ in range(args.repeats)]
+    out["tokenization"] = {
+        "seconds": tok, "median_seconds": statistics.median(tok),
+        "examples": len(ds.train) + len(ds.validation) + len(ds.test),
+    }
+    return out
+
+
+# ------------------------------------------------------------------------------------------ service
+
+class Worker:
+    """A `streamlearn worker` subprocess on its own home (and broker), stopped with SIGTERM."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "streamlearn", "worker", "--loglevel", "INFO"], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 300) -> float:
+        """Seconds from start until the worker logged `ready` (backbone loaded at boot)."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the worker exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+            text = self.log_path.read_text(errors="replace")
+            if "ready." in text and "backbone" in text:
+                return time.perf_counter() - self.started
+            time.sleep(0.05)
+        raise RuntimeError(f"the worker was not ready after {timeout} s: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def service_env(home: Path, backbone_dir: str | None, device: str | None, broker: str | None, queue: str | None):
+    """Point this process (and the worker's environment) at a fresh home; restore on exit."""
+    from streamlearn.settings import get_settings
+
+    keys = ("STREAMLEARN_HOME", "STREAMLEARN_BACKBONE", "STREAMLEARN_DEVICE", "STREAMLEARN_BROKER_URL",
+            "STREAMLEARN_QUEUE", "STREAMLEARN_DATABASE_URL", "STREAMLEARN_ARTIFACTS")
+    saved = {k: os.environ.get(k) for k in keys}
+    for k in ("STREAMLEARN_DATABASE_URL", "STREAMLEARN_ARTIFACTS", "STREAMLEARN_BROKER_URL", "STREAMLEARN_QUEUE"):
+        os.environ.pop(k, None)
+    os.environ["STREAMLEARN_HOME"] = str(home)
+    if backbone_dir:
+        os.environ["STREAMLEARN_BACKBONE"] = backbone_dir
+    if device:
+        os.environ["STREAMLEARN_DEVICE"] = device
+    if broker:
+        os.environ["STREAMLEARN_BROKER_URL"] = broker
+    if queue:
+        os.environ["STREAMLEARN_QUEUE"] = queue
+    get_settings.cache_clear()
+    _reset_service_state()
+    try:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(task_data.REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+        _reset_service_state()
+
+
+def _reset_service_state() -> None:
+    """Forget engines and broker connections bound to the previous home."""
+    from streamlearn.catalogue.session import reset_engines
+
+    reset_engines()
+    with contextlib.suppress(Exception):
+        from streamlearn import dispatch
+
+        if hasattr(dispatch, "reset"):
+            dispatch.reset()
+
+
+def wait_job(job_id: str, poll: float = 0.02, timeout: float = 3600) -> dict:
+    """Poll the catalogue until the job ends; return its status dict."""
+    from streamlearn.catalogue.queries import job_status
+    from streamlearn.catalogue.session import session_scope
+
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        with session_scope(readonly=True) as s:
+            info = job_status(s, job_id)
+        if info["status"] in ("succeeded", "failed"):
+            if info["status"] == "failed":
+                raise RuntimeError(f"job {job_id} failed: {info['error']}")
+            return info
+        time.sleep(poll)
+    raise RuntimeError(f"job {job_id} did not finish in {timeout} s")
+
+
+def write_task_files(ds, folder: Path) -> dict[str, Path]:
+    """Write a (capped) dataset's splits as JSONL files, so both sides read the same bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, examples in (("train", ds.train), ("validation", ds.validation), ("test", ds.test)):
+        path = folder / f"{split}.jsonl"
+        path.write_text("".join(json.dumps({"text": ex.text, "label": ex.label}) + "\n" for ex in examples), encoding="utf-8")
+        out[split] = path
+    return out
+
+
+def submit_and_wait(files: dict[str, Path], name: str, method_cfg, train_cfg) -> tuple[float, dict]:
+    """Wall seconds from `submit_task` to the job observed succeeded in the catalogue."""
+    from streamlearn.pipeline import submit_task
+
+    start = time.perf_counter()
+    sub = submit_task(files["train"], name=name, validation=files["validation"], test=files["test"],
+                      method=method_cfg, train_config=train_cfg, force=True)
+    info = wait_job(sub.job_id)
+    return time.perf_counter() - start, info
+
+
+def in_process(files: dict[str, Path], backbone, method_cfg, train_cfg, out_dir: Path) -> float:
+    """Wall seconds of what `streamlearn train` does once the backbone is loaded: load, fit, save."""
+    from streamlearn.data import load_dataset
+    from streamlearn.pipeline import fit, save
+
+    start = time.perf_counter()
+    ds = load_dataset(files["train"], files["validation"], files["test"], seed=train_cfg.seed)
+    result = fit(ds, method_cfg, train_cfg, backbone)
+    save(result, out_dir / "in-process.safetensors")
+    return time.perf_counter() - start
+
+
+def _job_run_seconds(info: dict) -> float | None:
+    started, finished = info.get("started_at"), info.get("finished_at")
+    if not started or not finished:
+        return None
+    return (datetime.fromisoformat(str(finished)) - datetime.fromisoformat(str(started))).total_seconds()
+
+
+def section_service(args, backbone, ds, work: Path) -> dict:
+    from streamlearn.methods import MethodConfig
+    from streamlearn.training import TrainConfig
+
+    capped = task_data.load(args.data_dir, args.task, args.service_train_cap, args.service_eval_cap, args.service_eval_cap)
+    files = write_task_files(capped, work / "task")
+    method_cfg = MethodConfig(method="adapter")
+    train_cfg = TrainConfig(epochs=args.service_epochs, max_length=args.max_length, batch_size=args.batch_size)
+    modes = [("embedded", None)] + ([("redis", args.redis_url)] if args.redis_url else [])
+    out: dict = {"task": args.task, "examples": {"train": len(capped.train), "validation": len(capped.validation),
+                                                   "test": len(capped.test)}, "epochs": args.service_epochs}
+    for mode, broker in modes:
+        home = work / f"home-{mode}"
+        queue = f"bench-speed-{os.getpid()}" if broker else None
+        with service_env(home, args.backbone, args.device, broker, queue) as env:
+            if broker and not _redis_up(broker):
+                out[mode] = {"skipped": f"no Redis at {broker}"}
+                continue
+            worker = Worker(env, work / f"worker-{mode}.log")
+            try:
+                ready = worker.wait_ready()
+                submit_and_wait(files, "warmup", method_cfg, train_cfg)  # the worker is warm from here on
+                counter = iter(range(1000))
+                res = interleaved({
+                    "service": lambda: submit_and_wait(files, f"speed-{next(counter)}", method_cfg, train_cfg)[0],
+                    "in_process": lambda: in_process(files, backbone, method_cfg, train_cfg, work),
+                }, args.repeats, warmup=0)
+            finally:
+                worker.stop()
+        res["worker_ready_seconds"] = ready
+        res["overhead_seconds"] = res["median"]["service"] - res["median"]["in_process"]
+        res["unit"] = "wall seconds per job"
+        out[mode] = res
+    return out
+
+
+def _redis_up(url: str) -> bool:
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        return True
+    except Exception:
+        return False
+
+
+def section_residency(args, backbone, ds, work: Path) -> dict:
+    from streamlearn.methods import MethodConfig
+    from streamlearn.training import TrainConfig
+
+    capped = task_data.load(args.data_dir, args.task, args.service_train_cap, args.service_eval_cap, args.service_eval_cap)
+    files = write_task_files(capped, work / "task")
+    method_cfg = MethodConfig(method="adapter")
+    train_cfg = TrainConfig(epochs=args.service_epochs, max_length=args.max_length, batch_size=args.batch_size)
+    with service_env(work / "home-residency", args.backbone, args.device, None, None) as env:
+        worker = Worker(env, work / "worker-residency.log")
+        try:
+            # Submitted at once, before the worker is ready: the first job waits for the boot.
+            first_wall, first = submit_and_wait(files, "first", method_cfg, train_cfg)
+            ready = time.perf_counter() - worker.started
+            second_wall, second = submit_and_wait(files, "second", method_cfg, train_cfg)
+        finally:
+            worker.stop()
+    t0 = time.perf_counter()
+    _load_fresh_backbone(args)
+    load_seconds = time.perf_counter() - t0
+    return {
+        "first": {"submit_to_succeeded": first_wall, "run_seconds": _job_run_seconds(first)},
+        "second": {"submit_to_succeeded": second_wall, "run_seconds": _job_run_seconds(second)},
+        "worker_start_to_first_done": ready,
+        "backbone_load_seconds": load_seconds,
+    }
+
+
+def _load_fresh_backbone(args) -> None:
+    """Load the backbone in a new process (what a worker pays once, at boot)."""
+    code = ("import sys; from streamlearn.backbone import load_backbone; "
+            "load_backbone(sys.argv[1] or None, sys.argv[2] or None)")
+    subprocess.run([sys.executable, "-c", code, args.backbone or "", args.device or ""], check=True,
+                   capture_output=True)
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def _met(value: float | None, target: float, higher: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    return "**met**" if (value >= target if higher else value <= target) else "**not met**"
+
+
+def render(data: dict, docs_dir: Path) -> str:
+    mach = data["machine"]
+    s = data["sections"]
+    out = ["# Speed: adapters vs fine-tuning, and the service's overhead", "",
+           "Generated by `bench/speed.py`; never edit by hand. Regenerate:", "", "```",
+           data.get("command", "python -m bench.speed"), "```", "",
+           f"Machine: {machine_info.sentence(mach)}; device **{mach['device']}**"
+           + ("" if mach.get("gpu") else " (no GPU was lent to this session)") + ".",
+           f"Backbone: {data['backbone']['name']} ({data['backbone']['params']:,} parameters). Texts: the real task "
+           f"`{data['task']}`, max length {data['settings']['max_length']}, batch {data['settings']['batch_size']}.",
+           "Method: each ratio's two sides run in the same process, alternating A B, B A, ... after one untimed warm-up "
+           "of each; the table gives the medians of the repeats and the median of the per-round ratios. The CPU is "
+           "shared with other work, so single values vary; the interleaving makes the ratios fair.",
+           f"Last updated {data.get('updated_at', '?')} (each section records when it ran).", ""]
+    out += ["## Targets", "", "| ratio | median A | median B | A ÷ B (medians) | median of per-round ratios | target | |",
+            "|---|---:|---:|---:|---:|---:|---|"]
+    if "train" in s:
+        t = s["train"]
+        out.append(f"| training examples/s, adapter ÷ full ({t['examples']} examples, {t['repeats']} repeats) | "
+                   f"{t['median']['adapter']:.1f} | {t['median']['full']:.1f} | {t['ratio_of_medians']:.3f} | "
+                   f"{t['median_of_ratios']:.3f} | ≥ {TARGETS['train']} | {_met(t['ratio_of_medians'], TARGETS['train'])} |")
+    if "inference" in s:
+        t = s["inference"]
+        out.append(f"| inference examples/s, adapter ÷ bare backbone ({t['examples']} examples, {t['repeats']} repeats) | "
+                   f"{t['median']['adapter']:.1f} | {t['median']['bare']:.1f} | {t['ratio_of_medians']:.3f} | "
+                   f"{t['median_of_ratios']:.3f} | ≥ {TARGETS['inference']} | {_met(t['ratio_of_medians'], TARGETS['inference'])} |")
+    if "service" in s:
+        sv = s["service"]
+        for mode in ("embedded", "redis"):
+            t = sv.get(mode)
+            if not t:
+                continue
+            if "skipped" in t:
+                out.append(f"| service overhead, {mode} | | | | | ≤ {TARGETS['service']} | not measured: {t['skipped']} |")
+                continue
+            out.append(f"| service overhead, {mode}: submit → succeeded ÷ in-process load+fit+save (s) | "
+                       f"{t['median']['service']:.2f} s | {t['median']['in_process']:.2f} s | {t['ratio_of_medians']:.3f} | "
+                       f"{t['median_of_ratios']:.3f} | ≤ {TARGETS['service']} | {_met(t['ratio_of_medians'], TARGETS['service'], higher=False)} |")
+    if "service" in s:
+        sv = s["service"]
+        out += ["", "## Service overhead", "",
+                f"The same files (`{data['task']}` capped to {sv['examples']['train']} train, {sv['examples']['validation']} "
+                f"validation, {sv['examples']['test']} test; adapter, {sv['epochs']} epoch) trained in this process "
+                "(load + fit + save, backbone already loaded) and through `submit_task` to a warm `streamlearn worker` "
+                "subprocess (a warm-up job first), timed until the catalogue shows the job succeeded (polled every 20 ms)."]
+        for mode in ("embedded", "redis"):
+            t = sv.get(mode)
+            if t and "skipped" not in t:
+                out.append(f"- {mode}: service {', '.join(f'{v:.2f}' for v in t['values']['service'])} s; in-process "
+                           f"{', '.join(f'{v:.2f}' for v in t['values']['in_process'])} s; overhead "
+                           f"{t['overhead_seconds']:+.2f} s per job (medians); worker ready {t['worker_ready_seconds']:.1f} s after start.")
+        out.append("- The overhead is a fixed cost per job (catalogue writes, the dataset copy, queue polling, the "
+                   "artifact sidecar), so its ratio falls as jobs grow; this job is deliberately short for CPU time.")
+    if "residency" in s:
+        r = s["residency"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.2f} s"  # noqa: E731
+        out += ["", "## Backbone residency", "",
+                "A fresh worker subprocess; job 1 is submitted at once (it waits for the boot, which loads the backbone), "
+                "job 2 after job 1 succeeded, same files and settings.", "",
+                "| | submit → succeeded | running → succeeded (catalogue) |", "|---|---:|---:|",
+                f"| job 1 (fresh worker) | {fmt(r['first']['submit_to_succeeded'])} | {fmt(r['first']['run_seconds'])} |",
+                f"| job 2 (same worker) | {fmt(r['second']['submit_to_succeeded'])} | {fmt(r['second']['run_seconds'])} |", "",
+                f"Loading the backbone in a new process takes {r['backbone_load_seconds']:.1f} s (imports included); "
+                "the worker pays it once at boot, never per job: job 2's run time "
+                + ("does not include it." if (r['second']['run_seconds'] or 0) < r['backbone_load_seconds'] else "is not below it (see the log).")]
+    if "speedups" in s:
+        sp = s["speedups"]
+        out += ["", "## Speed-ups tried", "", "| speed-up | on | off | on ÷ off | kept |", "|---|---:|---:|---:|---|"]
+        b = sp["bucketing"]
+        out.append(f"| length bucketing (sort by length within windows of 50 shuffled batches), adapter training ex/s; "
+                   f"padding {100 * b['padding_fraction']['bucketed']:.0f}% vs {100 * b['padding_fraction']['unbucketed']:.0f}% of tokens | "
+                   f"{b['median']['bucketed']:.1f} | {b['median']['unbucketed']:.1f} | {b['ratio_of_medians']:.3f} | "
+                   f"{'yes (engine default)' if b['ratio_of_medians'] > 1 else 'no gain here; kept, it never costs accuracy'} |")
+        im = sp["inference_mode"]
+        out.append(f"| `torch.inference_mode` vs `no_grad` for evaluation, ex/s | {im['median']['inference_mode']:.1f} | "
+                   f"{im['median']['no_grad']:.1f} | {im['ratio_of_medians']:.3f} | yes (engine default; never slower in principle) |")
+        bt, bi = sp["bf16_train"], sp["bf16_infer"]
+        out.append(f"| bf16 autocast, adapter training ex/s | {bt['median']['bf16']:.1f} | {bt['median']['fp32']:.1f} | "
+                   f"{bt['ratio_of_medians']:.3f} | {'option (`--autocast bf16` in the paper table)' if bt['ratio_of_medians'] > 1.05 else 'no: not faster here'} |")
+        out.append(f"| bf16 autocast, adapter inference ex/s | {bi['median']['bf16']:.1f} | {bi['median']['fp32']:.1f} | "
+                   f"{bi['ratio_of_medians']:.3f} | {'option' if bi['ratio_of_medians'] > 1.05 else 'no: not faster here'} |")
+        tk = sp["tokenization"]
+        out.append("")
+        out.append(f"Tokenization cache: tokenizing all of `{data['task']}` ({tk['examples']:,} examples, three splits) takes "
+                   f"{tk['median_seconds']:.2f} s (median of {len(tk['seconds'])}). A cache keyed by the dataset's sha256 could save "
+                   "at most that per job, and only when the same dataset is trained again; "
+                   + (f"against a training pass of {tk['examples'] / s['train']['median']['adapter']:.0f} s for the same examples "
+                      f"that is {100 * tk['median_seconds'] / (tk['examples'] / s['train']['median']['adapter']):.1f}%, "
+                      if "train" in s else "")
+                   + "so it is not implemented.")
+    out.append("")
+    (docs_dir / "SPEED.md").write_text("\n".join(out), encoding="utf-8")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    docs_dir = Path(args.docs_dir)
+    json_path = docs_dir / "results" / "speed.json"
+    if args.report_only:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        render(data, docs_dir)
+        print(f"wrote {docs_dir / 'SPEED.md'}")
+        return data
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from streamlearn.backbone import load_backbone
+
+    backbone = load_backbone(args.backbone, args.device)
+    ds = task_data.load(args.data_dir, args.task, seed=0)
+    data = json.loads(json_path.read_text(encoding="utf-8")) if json_path.exists() else {}
+    if data.get("task") not in (None, args.task) or data.get("backbone", {}).get("fingerprint") not in (None, backbone.info.fingerprint):
+        data = {}  # other texts or another backbone: the old sections are not comparable
+    data.setdefault("sections", {})
+    data.update({
+        "task": args.task, "machine": machine_info.describe(backbone.device),
+        "backbone": {k: getattr(backbone.info, k) for k in ("name", "fingerprint", "params")},
+        "settings": {"max_length": args.max_length, "batch_size": args.batch_size, "repeats": args.repeats},
+        "command": "python -m bench.speed" + (" " + shlex.join(argv) if argv else ""),
+    })
+    work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
+    try:
+        for name in args.sections:
+            print(f"speed: {name} ...", flush=True)
+            start = time.perf_counter()
+            if name == "train":
+                res = section_train(args, backbone, ds)
+            elif name == "inference":
+                res = section_inference(args, backbone, ds)
+            elif name == "speedups":
+                res = section_speedups(args, backbone, ds)
+            elif name == "service":
+                res = section_service(args, backbone, ds, work)
+            else:
+                res = section_residency(args, backbone, ds, work)
+            res["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            data["sections"][name] = res
+            print(f"speed: {name} done in {time.perf_counter() - start:.0f} s: {_brief(res)}", flush=True)
+            data["updated_at"] = res["measured_at"]
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    render(data, docs_dir)
+    print(f"wrote {docs_dir / 'SPEED.md'} and {json_path}", flush=True)
+    return data
+
+
+def _brief(res: dict) -> str:
+    if "ratio_of_medians" in res:
+        return f"ratio {res['ratio_of_medians']:.3f}"
+    parts = [f"{k} {v['ratio_of_medians']:.3f}" for k, v in res.items() if isinstance(v, dict) and "ratio_of_medians" in v]
+    return ", ".join(parts) or "ok"
+
+
+if __name__ == "__main__":
+    main()

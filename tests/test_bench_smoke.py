@@ -1,0 +1,112 @@
+"""Smoke tests of the benchmark scripts on the tiny random BERT and two tiny tasks, so they cannot rot.
+
+Each script writes only into a tmp docs folder (`--docs-dir`), never into the repository's docs/.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_rows, write_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture()
+def tiny_data_dir(tmp_path: Path) -> Path:
+    """Two tiny two-class tasks, `alpha` and `beta`, laid out like ../shared/data."""
+    root = tmp_path / "data"
+    for t, (name, seed) in enumerate((("alpha", 10), ("beta", 20))):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i, (split, n) in enumerate((("train", 48), ("validation", 12), ("test", 12))):
+            write_jsonl(folder / f"{split}.jsonl", tiny_rows(n, seed + i))
+    return root
+
+
+def test_paper_table_writes_results_figure_and_resumes(tiny_data_dir: Path, tiny_backbone_dir: str, tmp_path: Path) -> None:
+    """paper_table runs 4 methods on 2 tasks, writes RESULTS.md, the JSON and the PNG, and skips done runs on a rerun."""
+    from bench import paper_table
+
+    docs = tmp_path / "docs"
+    argv = ["--data-dir", str(tiny_data_dir), "--backbone", tiny_backbone_dir, "--device", "cpu",
+            "--docs-dir", str(docs), "--epochs", "1", "--train-cap", "32", "--val-cap", "8"]
+    data = paper_table.main(argv)
+    assert {(r["task"], r["method"]) for r in data["runs"]} == {
+        (t, m) for t in ("alpha", "beta") for m in ("adapter", "full", "top-k", "layernorm")}
+    for run in data["runs"]:
+        assert run["examples"] == {"train": 32, "validation": 8, "test": 12}
+        assert run["bytes"] <= 1.01 * run["stored_params"] * 4 + run["header_bytes"]
+    results = (docs / "RESULTS.md").read_text()
+    assert results.startswith("# Results") and "python -m bench.paper_table" in results
+    assert "adapter ÷ full" in results and "No GPU" in results
+    assert (docs / "paper_figure.png").stat().st_size > 10_000
+    saved = json.loads((docs / "results" / "paper_table.json").read_text())
+    assert len(saved["runs"]) == 8
+
+    again = paper_table.main(argv)
+    assert [r["finished_at"] for r in again["runs"]] == [r["finished_at"] for r in data["runs"]]
+
+
+def test_paper_table_refuses_to_mix_settings(tiny_data_dir: Path, tiny_backbone_dir: str, tmp_path: Path) -> None:
+    """A rerun with another train cap refuses to mix its runs with the stored ones unless --restart."""
+    from bench import paper_table
+
+    docs = tmp_path / "docs"
+    base = ["--data-dir", str(tiny_data_dir), "--backbone", tiny_backbone_dir, "--device", "cpu", "--docs-dir", str(docs),
+            "--epochs", "1", "--tasks", "alpha", "--methods", "layernorm", "--val-cap", "8"]
+    paper_table.main(base + ["--train-cap", "16"])
+    with pytest.raises(SystemExit, match="other settings"):
+        paper_table.main(base + ["--train-cap", "24"])
+    data = paper_table.main(base + ["--train-cap", "24", "--restart"])
+    assert [r["examples"]["train"] for r in data["runs"]] == [24]
+
+
+def test_paper_table_lr_check_picks_one_lr_per_method(tiny_data_dir: Path, tiny_backbone_dir: str, tmp_path: Path) -> None:
+    """--lr-check sweeps the grid on one task, then every other task runs only the chosen lr."""
+    from bench import paper_table
+
+    docs = tmp_path / "docs"
+    data = paper_table.main(["--data-dir", str(tiny_data_dir), "--backbone", tiny_backbone_dir, "--device", "cpu",
+                             "--docs-dir", str(docs), "--epochs", "1", "--methods", "adapter", "--lr-check", "alpha",
+                             "--lr-grid", "adapter=1e-3,3e-3"])
+    alpha = sorted(r["lr"] for r in data["runs"] if r["task"] == "alpha")
+    beta = [r["lr"] for r in data["runs"] if r["task"] == "beta"]
+    assert alpha == [1e-3, 3e-3]
+    assert beta == [data["lr_check"]["chosen"]["adapter"]]
+    assert "Learning-rate check on `alpha`" in (docs / "RESULTS.md").read_text()
+
+
+def test_stratified_cap_keeps_class_shares() -> None:
+    """The eval cap keeps every class and its share, and is seeded."""
+    from bench.tasks import stratified
+    from streamlearn.data import Example
+
+    examples = [Example(f"t{i}", "a" if i % 4 else "b") for i in range(400)]
+    picked = stratified(examples, 40, seed=0)
+    assert len(picked) == 40
+    assert sum(ex.label == "b" for ex in picked) == 10
+    assert picked == stratified(examples, 40, seed=0)
+    assert stratified(examples, 0, seed=0) == examples
+
+
+def test_speed_engine_sections_write_speed_md(tiny_data_dir: Path, tiny_backbone_dir: str, tmp_path: Path) -> None:
+    """speed.py measures the training, inference and speed-up ratios interleaved and writes SPEED.md."""
+    from bench import speed
+
+    docs = tmp_path / "docs"
+    data = speed.main(["--data-dir", str(tiny_data_dir), "--task", "alpha", "--backbone", tiny_backbone_dir,
+                       "--device", "cpu", "--docs-dir", str(docs), "--sections", "train", "inference", "speedups",
+                       "--repeats", "2", "--train-examples", "32", "--infer-examples", "12"])
+    train = data["sections"]["train"]
+    assert len(train["values"]["adapter"]) == len(train["values"]["full"]) == 2
+    assert train["ratio_of_medians"] == pytest.approx(train["median"]["adapter"] / train["median"]["full"])
+    text = (docs / "SPEED.md").read_text()
+    assert "python -m bench.speed" in text and "adapter ÷ full" in text and "bucketing" in text
+    assert json.loads((docs / "results" / "speed.json").read_text())["sections"].keys() >= {"train", "inference", "speedups"}
