@@ -119,9 +119,16 @@ def get_settings() -> Settings:
     return load_settings()
 
 
-_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+# The password runs to the *last* '@' before the path, so an unescaped '@' in it is hidden too.
+_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/\s]+)@")
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:password|passwd|pwd)=)[^&\s#]+", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a URL (`redis://u:secret@h` -> `redis://u:***@h`) for logs and output."""
-    return _PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    """Hide the passwords of URLs in a text, for logs and output.
+
+    `redis://u:secret@h` -> `redis://u:***@h`, and `postgresql://h/db?password=secret` ->
+    `postgresql://h/db?password=***` (libpq and redis-py both read a password from the query).
+    """
+    url = _PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m['key']}***", url)
