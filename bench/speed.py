@@ -24,7 +24,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from bench import machine as machine_info
 from bench import tasks as task_data
+from bench.worker import Worker, env_for, in_this_process
 
 SECTIONS = ("train", "inference", "speedups", "service", "residency")
 TARGETS = {"train": 1.3, "inference": 0.9, "service": 1.05}
@@ -227,86 +227,6 @@ def section_speedups(args, backbone, ds) -> dict:
 
 # ------------------------------------------------------------------------------------------ service
 
-class Worker:
-    """A `streamlearn worker` subprocess on its own home (and broker), stopped with SIGTERM."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "streamlearn", "worker", "--loglevel", "INFO"], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 300) -> float:
-        """Seconds from start until the worker logged `ready` (backbone loaded at boot)."""
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the worker exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            text = self.log_path.read_text(errors="replace")
-            if "ready." in text and "backbone" in text:
-                return time.perf_counter() - self.started
-            time.sleep(0.05)
-        raise RuntimeError(f"the worker was not ready after {timeout} s: {self.log_path.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
-@contextlib.contextmanager
-def service_env(home: Path, backbone_dir: str | None, device: str | None, broker: str | None, queue: str | None):
-    """Point this process (and the worker's environment) at a fresh home; restore on exit."""
-    from streamlearn.settings import get_settings
-
-    keys = ("STREAMLEARN_HOME", "STREAMLEARN_BACKBONE", "STREAMLEARN_DEVICE", "STREAMLEARN_BROKER_URL",
-            "STREAMLEARN_QUEUE", "STREAMLEARN_DATABASE_URL", "STREAMLEARN_ARTIFACTS")
-    saved = {k: os.environ.get(k) for k in keys}
-    for k in ("STREAMLEARN_DATABASE_URL", "STREAMLEARN_ARTIFACTS", "STREAMLEARN_BROKER_URL", "STREAMLEARN_QUEUE"):
-        os.environ.pop(k, None)
-    os.environ["STREAMLEARN_HOME"] = str(home)
-    if backbone_dir:
-        os.environ["STREAMLEARN_BACKBONE"] = backbone_dir
-    if device:
-        os.environ["STREAMLEARN_DEVICE"] = device
-    if broker:
-        os.environ["STREAMLEARN_BROKER_URL"] = broker
-    if queue:
-        os.environ["STREAMLEARN_QUEUE"] = queue
-    get_settings.cache_clear()
-    _reset_service_state()
-    try:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(task_data.REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-        _reset_service_state()
-
-
-def _reset_service_state() -> None:
-    """Forget engines and broker connections bound to the previous home."""
-    from streamlearn.catalogue.session import reset_engines
-
-    reset_engines()
-    with contextlib.suppress(Exception):
-        from streamlearn import dispatch
-
-        if hasattr(dispatch, "reset"):
-            dispatch.reset()
-
-
 def wait_job(job_id: str, poll: float = 0.02, timeout: float = 3600) -> dict:
     """Poll the catalogue until the job ends; return its status dict."""
     from streamlearn.catalogue.queries import job_status
@@ -379,7 +299,8 @@ def section_service(args, backbone, ds, work: Path) -> dict:
     for mode, broker in modes:
         home = work / f"home-{mode}"
         queue = f"bench-speed-{os.getpid()}" if broker else None
-        with service_env(home, args.backbone, args.device, broker, queue) as env:
+        env = env_for(home, args.backbone, args.device, broker, queue)
+        with in_this_process(env):
             if broker and not _redis_up(broker):
                 out[mode] = {"skipped": f"no Redis at {broker}"}
                 continue
@@ -419,7 +340,8 @@ def section_residency(args, backbone, ds, work: Path) -> dict:
     files = write_task_files(capped, work / "task")
     method_cfg = MethodConfig(method="adapter")
     train_cfg = TrainConfig(epochs=args.service_epochs, max_length=args.max_length, batch_size=args.batch_size)
-    with service_env(work / "home-residency", args.backbone, args.device, None, None) as env:
+    env = env_for(work / "home-residency", args.backbone, args.device)
+    with in_this_process(env):
         worker = Worker(env, work / "worker-residency.log")
         try:
             # Submitted at once, before the worker is ready: the first job waits for the boot.

@@ -110,3 +110,47 @@ def test_speed_engine_sections_write_speed_md(tiny_data_dir: Path, tiny_backbone
     text = (docs / "SPEED.md").read_text()
     assert "python -m bench.speed" in text and "adapter ÷ full" in text and "bucketing" in text
     assert json.loads((docs / "results" / "speed.json").read_text())["sections"].keys() >= {"train", "inference", "speedups"}
+
+
+@pytest.mark.slow
+def test_stream_fills_the_matrix_with_zero_forgetting(tiny_data_dir: Path, tiny_backbone_dir: str, tmp_path: Path) -> None:
+    """stream.py runs two tasks through a real worker; R is lower-triangular, BWT and forgetting are exactly 0."""
+    from bench import stream
+
+    docs = tmp_path / "docs"
+    data = stream.main(["--data-dir", str(tiny_data_dir), "--backbone", tiny_backbone_dir, "--device", "cpu",
+                        "--docs-dir", str(docs), "--epochs", "1"])
+    assert [sorted(row) for row in data["rows"]] == [["alpha"], ["alpha", "beta"]]
+    m = stream.metrics(data["tasks"], data["rows"])
+    assert m["bwt"] == 0 and m["forgetting"] == 0
+    assert data["storage"]["task_count"] == 2
+    text = (docs / "STREAM.md").read_text()
+    assert "python -m bench.stream" in text and "R[t, j]" in text
+    assert (docs / "stream_storage.png").stat().st_size > 10_000
+
+
+def test_stream_metrics_detect_forgetting() -> None:
+    """BWT and forgetting are computed from the matrix: a drop on an old task shows up in both."""
+    from bench.stream import metrics
+
+    rows = [{"a": 0.8}, {"a": 0.8, "b": 0.9}, {"a": 0.7, "b": 0.9, "c": 0.6}]
+    m = metrics(["a", "b", "c"], rows)
+    assert m["bwt"] == pytest.approx(-0.05)
+    assert m["forgetting"] == pytest.approx(0.05)
+    assert m["average_accuracy"] == pytest.approx((0.7 + 0.9 + 0.6) / 3)
+
+
+@pytest.mark.slow
+def test_speed_service_sections_time_a_warm_worker(tiny_data_dir: Path, tiny_backbone_dir: str, tmp_path: Path) -> None:
+    """speed.py times submit->succeeded against in-process on a warm embedded worker, and a fresh worker's two jobs."""
+    from bench import speed
+
+    docs = tmp_path / "docs"
+    data = speed.main(["--data-dir", str(tiny_data_dir), "--task", "alpha", "--backbone", tiny_backbone_dir,
+                       "--device", "cpu", "--docs-dir", str(docs), "--sections", "service", "residency",
+                       "--repeats", "1", "--service-train-cap", "16", "--service-eval-cap", "8", "--redis-url", ""])
+    embedded = data["sections"]["service"]["embedded"]
+    assert embedded["median"]["service"] > 0 and embedded["median"]["in_process"] > 0
+    residency = data["sections"]["residency"]
+    assert residency["second"]["run_seconds"] is not None
+    assert "Service overhead" in (docs / "SPEED.md").read_text()
