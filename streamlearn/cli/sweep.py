@@ -48,7 +48,16 @@ def _progress(trial: dict) -> str:
     return f"{p['step']}/{p['total_steps']} (epoch {p['epoch']})"
 
 
-def render_trials(console, info: dict) -> None:
+def _wide_console():
+    import sys
+
+    from rich.console import Console
+
+    # Piped output has no width and rich would fold the hyperparameters column: use a wide page.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def render_trials(info: dict, console=None) -> None:
     """Print a sweep's trial table (state, hyperparameters, val accuracy, worker, chosen) and its winner."""
     from rich.table import Table
 
@@ -67,6 +76,7 @@ def render_trials(console, info: dict) -> None:
     for i, t in enumerate(trials, 1):
         table.add_row(str(i), t["job_id"][:8], t["status"], label(t["hyperparameters"]), _progress(t),
                       _acc(t["val_accuracy"]), t["worker"] or "-", "✓" if t["chosen"] else "")
+    console = console or _wide_console()
     console.print(table)
     winner = next((t for t in trials if t["chosen"]), None)
     if winner is not None:
