@@ -234,7 +234,9 @@ def render_predictions(result: dict, as_json: bool) -> None:
 
 @main.command("predict")
 @click.argument("texts", nargs=-1)
-@click.option("--artifact", type=click.Path(dir_okay=False), required=True, help="A task artifact (.safetensors with its .json sidecar).")
+@click.option("--artifact", type=click.Path(dir_okay=False),
+              help="A task artifact (.safetensors with its .json sidecar). Without it, the first argument is a "
+                   "TASK name and the task's artifact in the catalogue is used.")
 @click.option("--input", "input_file", type=click.Path(dir_okay=False),
               help="JSONL with a text per line (labels optional; when all lines have one, accuracy is printed).")
 @backbone_option
@@ -242,7 +244,16 @@ def render_predictions(result: dict, as_json: bool) -> None:
 def predict_command(texts, artifact, input_file, backbone_dir, as_json) -> None:
     """Print the most likely label and its probability for each TEXT and each --input line.
 
-    The artifact's sha256 and its backbone fingerprint are checked first; an artifact trained on
-    another backbone is refused.
+    Usage: `predict TASK [TEXT ...]` (the task's stored artifact) or `predict --artifact FILE [TEXT ...]`.
+    The artifact's sha256 (also against the catalogue's, for a TASK) and its backbone fingerprint
+    are checked first; an artifact trained on another backbone is refused.
     """
-    render_predictions(predict_rows(artifact, list(texts), input_file, backbone_dir), as_json)
+    expected_sha256 = None
+    if artifact is None:
+        if not texts:
+            raise click.UsageError("give a TASK name (see `streamlearn tasks`) or --artifact FILE")
+        from streamlearn.cli.service import task_artifact
+
+        artifact, expected_sha256 = task_artifact(texts[0])
+        texts = texts[1:]
+    render_predictions(predict_rows(artifact, list(texts), input_file, backbone_dir, expected_sha256), as_json)

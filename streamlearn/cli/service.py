@@ -364,7 +364,7 @@ def task_artifact(task: str) -> tuple[str, str]:
     from streamlearn.catalogue.records import find_task
     from streamlearn.catalogue.session import session_scope
     from streamlearn.errors import UnknownTask
-    from streamlearn.pipeline import artifact_path
+    from streamlearn.jobs import artifact_path
 
     with session_scope(readonly=True) as s:
         find_task(s, task)

@@ -1,0 +1,65 @@
+"""Helpers of the integration tests: run the CLI as a user does, read the catalogue, wait for a job."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `streamlearn ARGS` in a subprocess with `env`."""
+    return subprocess.run([sys.executable, "-m", "streamlearn", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def cli_json(env: dict[str, str], *args: str, timeout: float = 120):
+    """Run `streamlearn ARGS --json` and parse its output (fails the test with stderr otherwise)."""
+    result = run_cli(env, *args, "--json", timeout=timeout)
+    assert result.returncode == 0, f"streamlearn {' '.join(args)} exited {result.returncode}: {result.stderr}"
+    return json.loads(result.stdout)
+
+
+def catalogue_url(env: dict[str, str]) -> str:
+    """The catalogue URL a process with `env` uses."""
+    return env.get("STREAMLEARN_DATABASE_URL") or f"sqlite:///{Path(env['STREAMLEARN_HOME']) / 'catalogue.db'}"
+
+
+def job_state(env: dict[str, str], job_id: str) -> dict:
+    """A job's `status --json` dict, read in-process (fast) from the catalogue of `env`."""
+    from streamlearn.catalogue.queries import job_status
+    from streamlearn.catalogue.session import session_scope
+
+    with session_scope(catalogue_url(env), readonly=True) as s:
+        return job_status(s, job_id)
+
+
+def wait_for(env: dict[str, str], job_id: str, until: Callable[[dict], bool], timeout: float, workers,
+             what: str = "the expected state") -> dict:
+    """Poll a job until `until(state)` holds; fail with the workers' logs after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = job_state(env, job_id)
+        if until(state):
+            return state
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job_id} did not reach {what} in {timeout} s: {state}\n--- worker logs ---\n{workers.logs()}")
+        time.sleep(0.2)
+
+
+def ended(state: dict) -> bool:
+    """The job succeeded or failed."""
+    return state["status"] in ("succeeded", "failed")
+
+
+def closed_port() -> int:
+    """A local TCP port nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
