@@ -21,6 +21,7 @@ from streamlearn import jobs, training
 from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, read_metadata, write_artifact
 from streamlearn.backbone import Backbone
 from streamlearn.batches import Batches
+from streamlearn.catalogue import records
 from streamlearn.data import DataSpec, Dataset, Example, file_sha256
 from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig, TransientError
 from streamlearn.heartbeat import Heartbeat, JobSuperseded
@@ -286,6 +287,11 @@ def run_task(job_id: str) -> str:
         jobs.finalise(job_id, path, metadata, backbone.info)
     except JobSuperseded as lost:
         log.warning("%s", lost)
+        return "superseded"
+    except records.InvalidTransition as lost:
+        # Another worker requeued or finished the job meanwhile: it is theirs now; failing it here
+        # would be wrong (our complete artifact, if any, is picked up by their run).
+        log.warning("job %s: %s; leaving it to the worker that holds it", job_id, lost)
         return "superseded"
     except (TransientError, OperationalError):
         raise
