@@ -462,7 +462,7 @@ def plot(rows: dict, s: dict, bb: dict, path: Path) -> None:
 
     markers = {"adapter": "o", "full": "s", "top-k": "^", "layernorm": "D"}
     colors = plt.get_cmap("tab10")
-    fig, (ax, rel) = plt.subplots(1, 2, figsize=(13, 5.6), dpi=110)
+    fig, (ax, rel) = plt.subplots(1, 2, figsize=(14, 6.6), dpi=110)
     for i, t in enumerate(s["tasks"]):
         pts = sorted((rows[(t, m)]["trainable_params"], rows[(t, m)]["test_accuracy"], m) for m in s["methods"] if (t, m) in rows)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors(i % 10), lw=0.8, alpha=0.5)
@@ -491,12 +491,14 @@ def plot(rows: dict, s: dict, bb: dict, path: Path) -> None:
     for m, mk in markers.items():
         if m in s["methods"]:
             ax.scatter([], [], marker=mk, color="white", edgecolor="black", label=m)
-    ax.legend(title="method (colour = task)", fontsize=8, loc="lower right")
+    ax.legend(title="method (colour = task, lines join a task's points)", fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.13), ncol=4, frameon=False)
     rel.axhline(0, color="grey", lw=1)
+    rel.margins(x=0.15)
     rel.set_ylabel("test accuracy − full fine-tuning (points)")
     rel.set_title("Relative to full fine-tuning on the same task (black: mean)", fontsize=10)
     if rel.get_legend_handles_labels()[0]:
-        rel.legend(title="task", fontsize=7, ncol=2, loc="lower right")
+        rel.legend(title="task", fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=5, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Broker of the Redis run ('' skips it); a private queue name is used on it.")
     p.add_argument("--backbone", default=None, help="Backbone directory (default: $STREAMLEARN_BACKBONE or all-MiniLM-L6-v2).")
     p.add_argument("--device", default=None, help="auto, cpu, cuda (default: $STREAMLEARN_DEVICE, auto).")
+    p.add_argument("--threads", type=int, default=0, help="torch threads here and in the workers (0 = torch's default).")
     p.add_argument("--docs-dir", default=str(task_data.REPO / "docs"), help="Where SPEED.md and results/speed.json go.")
     p.add_argument("--report-only", action="store_true", help="Only rebuild SPEED.md from the JSON.")
     return p.parse_args(argv)
@@ -485,6 +486,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"wrote {docs_dir / 'SPEED.md'}")
         return data
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the worker subprocesses inherit it
     from streamlearn.backbone import load_backbone
 
     backbone = load_backbone(args.backbone, args.device)
@@ -496,7 +502,8 @@ def main(argv: list[str] | None = None) -> dict:
     data.update({
         "task": args.task, "machine": machine_info.describe(backbone.device),
         "backbone": {k: getattr(backbone.info, k) for k in ("name", "fingerprint", "params")},
-        "settings": {"max_length": args.max_length, "batch_size": args.batch_size, "repeats": args.repeats},
+        "settings": {"max_length": args.max_length, "batch_size": args.batch_size, "repeats": args.repeats,
+                     "threads": args.threads or None},
         "command": "python -m bench.speed" + (" " + shlex.join(argv) if argv else ""),
     })
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))

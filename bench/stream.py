@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--method", default="adapter", choices=("adapter", "full", "top-k", "layernorm"))
     p.add_argument("--backbone", default=None, help="Backbone directory (default: $STREAMLEARN_BACKBONE or all-MiniLM-L6-v2).")
     p.add_argument("--device", default=None, help="auto, cpu, cuda (default: $STREAMLEARN_DEVICE, auto).")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the worker and CLI processes (0 = torch's default).")
     p.add_argument("--docs-dir", default=str(task_data.REPO / "docs"), help="Where STREAM.md, the plot and results/stream.json go.")
     p.add_argument("--keep-home", action="store_true", help="Keep the temporary STREAMLEARN_HOME (printed) for inspection.")
     p.add_argument("--report-only", action="store_true", help="Only rebuild STREAM.md from the JSON.")
@@ -80,10 +81,13 @@ def run(args, argv: list[str], json_path: Path) -> dict:
     home = Path(tempfile.mkdtemp(prefix="bench-stream-home-"))
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     env = env_for(home, args.backbone, args.device)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     data: dict = {
         "command": "python -m bench.stream" + (" " + shlex.join(argv) if argv else ""),
         "settings": {"train_cap": args.train_cap, "val_cap": args.val_cap, "test_cap": args.test_cap,
-                     "max_length": args.max_length, "epochs": args.epochs, "method": args.method},
+                     "max_length": args.max_length, "epochs": args.epochs, "method": args.method,
+                     "threads": args.threads or None},
         "data_dir": args.data_dir, "tasks": names, "rows": [], "jobs": [],
     }
     worker = Worker(env, work / "worker.log")
@@ -117,7 +121,7 @@ def run(args, argv: list[str], json_path: Path) -> dict:
         docs_dir = json_path.parent.parent
         plot = docs_dir / "stream_storage.png"
         data["storage"] = json.loads(cli(env, "storage", "--json", "--plot", str(plot)))
-        data["machine"] = machine_info.describe(_device(args.device))
+        data["machine"] = machine_info.describe(_device(args.device, args.threads))
         data["seconds"] = time.perf_counter() - started
         data["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         _save(data, json_path)
@@ -131,8 +135,13 @@ def run(args, argv: list[str], json_path: Path) -> dict:
     return data
 
 
-def _device(setting: str | None):
+def _device(setting: str | None, threads: int = 0):
+    import torch
+
     from streamlearn.backbone import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)  # so the machine line states what the worker used
 
     return resolve_device(setting)
 
