@@ -25,12 +25,20 @@ class BackboneMismatch(StreamlearnError):
     """An artifact was trained on another backbone, or the resident backbone changed."""
 
 
+class BackboneChanged(BackboneMismatch):
+    """This worker's resident backbone no longer matches its fingerprint: it fails the job and refuses every later one."""
+
+
 class UnsupportedBackbone(StreamlearnError):
     """The backbone's architecture has no module map."""
 
 
 class ArtifactCorrupt(StreamlearnError):
     """An artifact or its sidecar does not match its recorded sha256."""
+
+
+class ArtifactWriteFailed(StreamlearnError):
+    """The artifact store could not be written (full, read-only, a file in the way); nothing partial is left."""
 
 
 class BrokerUnavailable(StreamlearnError):

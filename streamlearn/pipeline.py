@@ -23,7 +23,14 @@ from streamlearn.backbone import Backbone
 from streamlearn.batches import Batches
 from streamlearn.catalogue import records
 from streamlearn.data import DataSpec, Dataset, Example, file_sha256
-from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig, TransientError
+from streamlearn.errors import (
+    ArtifactCorrupt,
+    ArtifactWriteFailed,
+    BackboneChanged,
+    BackboneMismatch,
+    InvalidConfig,
+    TransientError,
+)
 from streamlearn.heartbeat import Heartbeat, JobSuperseded
 from streamlearn.methods import MethodConfig, TaskModules, attached, default_lr
 from streamlearn.settings import get_settings
@@ -271,6 +278,9 @@ def run_task(job_id: str) -> str:
         TransientError: the catalogue or the store is briefly unavailable; retry later.
     """
     settings = get_settings()
+    if _refusal is not None:
+        # Before the claim: the job stays queued for a healthy worker (any worker's reconcile re-enqueues it).
+        raise BackboneChanged(_refusal)
     outcome, plan = jobs.claim(job_id, settings)
     if plan is None:
         return outcome
@@ -281,9 +291,13 @@ def run_task(job_id: str) -> str:
             path = ArtifactStore(settings.artifacts).task_artifact_path(plan.task, job_id)
             metadata = _finished_artifact(path, backbone)
             if metadata is None:
-                result = fit(jobs.stored_dataset(plan), plan.method, plan.train, backbone, on_progress=beat.progress)
+                log.info("job %s: started on %s:%d (task %s)", job_id, socket.gethostname(), os.getpid(), plan.task)
+                try:
+                    result = fit(jobs.stored_dataset(plan), plan.method, plan.train, backbone, on_progress=beat.progress)
+                finally:
+                    check_resident(backbone)  # after every job, before anything is kept
                 beat.check()
-                metadata = read_metadata(save(result, path).path)
+                metadata = read_metadata(_write(result, path).path)
         jobs.finalise(job_id, path, metadata, backbone.info)
     except JobSuperseded as lost:
         log.warning("%s", lost)
@@ -299,6 +313,48 @@ def run_task(job_id: str) -> str:
         jobs.fail(job_id, exc)
         raise
     return "succeeded"
+
+
+_refusal: str | None = None
+"""Why this process refuses jobs (its resident backbone changed), or None. Set once, never cleared:
+only a restart, which loads the backbone afresh from disk, makes the worker usable again."""
+
+
+def check_resident(backbone: Backbone) -> None:
+    """Re-hash the resident backbone; if it changed, refuse every later job in this process.
+
+    Raises:
+        BackboneChanged: the tensors differ from their fingerprint at load time.
+    """
+    global _refusal
+    try:
+        backbone.verify()
+    except BackboneMismatch as exc:
+        _refusal = (f"{exc}; this worker refuses further jobs (restart it to reload the backbone from disk)")
+        log.critical("BACKBONE CHANGED IN MEMORY: %s", _refusal)
+        raise BackboneChanged(_refusal) from None
+
+
+def refusal() -> str | None:
+    """Why this process refuses jobs, or None while its backbone is intact."""
+    return _refusal
+
+
+def _write(result: FitResult, path: Path) -> ArtifactInfo:
+    """Save a job's artifact, turning a store that cannot be written into a clear, final error."""
+    try:
+        return save(result, path)
+    except OSError as exc:
+        # write_artifact removes its temporary files; a tensors file whose sidecar could not follow
+        # is removed here, so nothing partial is left behind.
+        try:
+            ArtifactStore(get_settings().artifacts).delete_task_artifact(path)
+        except OSError:
+            pass
+        raise ArtifactWriteFailed(
+            f"could not write the artifact to {path.parent}: {exc.strerror or exc} "
+            "(is the artifact store full, read-only or not mounted?); nothing was kept, submit again once it is fixed"
+        ) from exc
 
 
 def resident_backbone() -> Backbone:

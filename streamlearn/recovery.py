@@ -3,7 +3,8 @@
 The catalogue, not the broker, is the source of truth (DESIGN.md, "Modes"). Every worker runs
 `reconcile` at start and then periodically (`workers/boot.py`). It re-enqueues:
 
-- running jobs whose heartbeat is older than `STREAMLEARN_HEARTBEAT_TIMEOUT`;
+- running jobs whose heartbeat is older than `STREAMLEARN_HEARTBEAT_TIMEOUT`, unless their worker
+  process runs on this host and is alive (then the heartbeat was lost to the database, not the worker);
 - running jobs whose recorded worker ran on *this* host and whose pid no longer exists (a killed
   worker is noticed at once, without waiting for the heartbeat timeout);
 - queued jobs last enqueued more than `STREAMLEARN_QUEUED_TIMEOUT` ago (a lost message: the
@@ -51,6 +52,13 @@ def _dead_here(worker: str | None, host: str) -> bool:
     return worker_host == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
+def _alive_here(worker: str | None, host: str) -> bool:
+    if not worker or ":" not in worker:
+        return False
+    worker_host, _, pid = worker.rpartition(":")
+    return worker_host == host and pid.isdigit() and pid_alive(int(pid))
+
+
 def reconcile(settings: Settings | None = None, now: datetime | None = None) -> list[str]:
     """Requeue (in the catalogue) and re-enqueue (on the broker) every job whose worker is gone.
 
@@ -74,6 +82,13 @@ def reconcile(settings: Settings | None = None, now: datetime | None = None) -> 
             if _dead_here(row["worker"], host):
                 candidates[row["job_id"]] = None
         for row in queries.orphaned_jobs(s, now, settings.heartbeat_timeout):
+            beat = datetime.fromisoformat(row["heartbeat_at"]) if row["heartbeat_at"] else None
+            recent = beat is not None and (now - beat).total_seconds() < settings.task_time_limit
+            if recent and _alive_here(row["worker"], host):
+                # Its worker runs on this host and lives: the heartbeat was lost to a database that
+                # refused connections for a while, not to a crash, and the worker finishes the job
+                # itself. Past the time limit a live pid is no proof (it may have been reused).
+                continue
             candidates.setdefault(row["job_id"], heartbeat_cutoff)
         for row in queries.stale_queued_jobs(s, now, settings.queued_timeout):
             candidates.setdefault(row["job_id"], queued_cutoff)

@@ -5,21 +5,26 @@ Error policy:
   `run_task` has already marked the job failed with the message; it is not retried;
 - a `TransientError` or a database `OperationalError` (the catalogue or the artifact store briefly
   unavailable) is retried with exponential backoff, and the job is failed after the last try;
-- Celery's soft time limit (prefork pool) fails the job with the limit in the message.
+- Celery's soft time limit (prefork pool) fails the job with the limit in the message;
+- `BackboneChanged` (the resident backbone no longer matches its fingerprint) fails the job and
+  stops the worker, which refuses every later job (see `stop_worker`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from streamlearn.dispatch import TRAIN_TASK
-from streamlearn.errors import StreamlearnError, TransientError
+from streamlearn.errors import BackboneChanged, StreamlearnError, TransientError
 from workers.app import app
 
 log = logging.getLogger("streamlearn.worker")
+
+EX_SOFTWARE = 70
+"""Exit code of a worker stopped because its resident backbone changed (sysexits' internal error)."""
 
 MAX_RETRIES = 6
 """Transient failures retried this often (backoff 2, 4, ... 64 s: about two minutes in all)."""
@@ -36,11 +41,23 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+def _stopping(flag: object) -> bool:
+    # Celery's own test (state.maybe_shutdown): the flag holds an exit code, and 0 means "stop".
+    return flag is not None and flag is not False
+
+
 @app.task(name=TRAIN_TASK, bind=True, max_retries=MAX_RETRIES, ignore_result=True)
 def train(self, job_id: str) -> None:
     """Run job `job_id` to its end (see `streamlearn.pipeline.run_task`)."""
+    from celery.worker import state
+
     from streamlearn import pipeline
 
+    if _stopping(state.should_stop) or _stopping(state.should_terminate):
+        # A warm shutdown (SIGTERM) is under way, yet Celery's blocking loop (filesystem broker)
+        # still hands over one more message after the current job: give it back untouched.
+        log.info("job %s: worker shutting down; message returned to the queue", job_id)
+        raise Reject("worker shutting down", requeue=True)
     try:
         status = pipeline.run_task(job_id)
         log.info("job %s: %s", job_id, status)
@@ -55,7 +72,24 @@ def train(self, job_id: str) -> None:
             delay = backoff(self.request.retries)
             log.warning("job %s: transient error, retry in %.0f s: %s", job_id, delay, exc)
             raise self.retry(exc=exc, countdown=delay) from exc
+        if isinstance(exc, BackboneChanged):
+            stop_worker(job_id, exc)
+            return
         if isinstance(exc, StreamlearnError):
             log.error("job %s failed: %s", job_id, exc)
             return
         raise
+
+
+def stop_worker(job_id: str, reason: BaseException) -> None:
+    """Warm-stop this worker once the current task returns, with exit code EX_SOFTWARE.
+
+    The resident backbone changed in memory: `pipeline.run_task` already failed the job that saw it
+    and refuses every later one (they stay queued for healthy workers), so the worker leaves, and a
+    supervisor that restarts it gets a backbone loaded afresh from disk. In the solo pool (one job at
+    a time, the default) the worker itself stops; a prefork child keeps refusing jobs instead.
+    """
+    from celery.worker import state
+
+    log.critical("job %s: %s; stopping this worker (exit code %d)", job_id, reason, EX_SOFTWARE)
+    state.should_stop = EX_SOFTWARE
