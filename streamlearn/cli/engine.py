@@ -32,10 +32,11 @@ def _echo_json(obj) -> None:
 
 
 @main.command("train")
-# Plain paths: data.py checks them, so a directory or an unreadable file gets the one-line error.
-@click.argument("data", type=click.Path())
-@click.option("--validation", type=click.Path(), help="Validation JSONL. Default: a seeded, stratified 10% of DATA.")
-@click.option("--test", "test_file", type=click.Path(), help="Test JSONL (optional); reported for the best epoch.")
+# Unchecked paths (readable=False only turns click's check off): data.py checks them, so a
+# directory or an unreadable file gets the one-line error of every other bad input.
+@click.argument("data", type=click.Path(readable=False))
+@click.option("--validation", type=click.Path(readable=False), help="Validation JSONL. Default: a seeded, stratified 10% of DATA.")
+@click.option("--test", "test_file", type=click.Path(readable=False), help="Test JSONL (optional); reported for the best epoch.")
 @click.option("--method", type=click.Choice(["adapter", "full", "top-k", "layernorm"]), default="adapter", show_default=True,
               help="adapter: Houlsby adapters + LayerNorms + head; full: every weight (on a copy); "
                    "top-k: the top K layers + head; layernorm: LayerNorms + head.")

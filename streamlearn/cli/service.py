@@ -122,10 +122,12 @@ def training_options(func):
 
 
 @main.command("submit-task")
-@click.argument("data", type=click.Path(dir_okay=False))
+# Unchecked paths (readable=False only turns click's check off): data.py checks them, so a
+# directory or an unreadable file gets the one-line error of every other bad input.
+@click.argument("data", type=click.Path(readable=False))
 @click.option("--name", help="Task name (default: DATA's file name without .jsonl[.gz]); 1-64 of [A-Za-z0-9._-].")
-@click.option("--validation", type=click.Path(dir_okay=False), help="Validation JSONL. Default: a seeded, stratified 10% of DATA.")
-@click.option("--test", "test_file", type=click.Path(dir_okay=False), help="Test JSONL (optional); `evaluate` re-checks it later.")
+@click.option("--validation", type=click.Path(readable=False), help="Validation JSONL. Default: a seeded, stratified 10% of DATA.")
+@click.option("--test", "test_file", type=click.Path(readable=False), help="Test JSONL (optional); `evaluate` re-checks it later.")
 @training_options
 @click.option("--force", is_flag=True, help="Train again even if an identical job exists.")
 @click.option("--wait", is_flag=True, help="Show live progress until the job ends, then its result.")
@@ -142,6 +144,17 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
     then the job id is sent to the broker. If the broker is down the job is recorded as failed
     with the reason and the command exits 2. Submitting the same files under the same name with
     the same flags returns the existing job (use --force to train again).
+
+    \b
+    Limits (an input over one is refused with FILE:LINE: field 'NAME': reason, exit code 2):
+      classes        2 to 1000 (--max-classes)
+      line length    1,000,000 bytes (--max-line-bytes), measured after gunzip
+      encoding       UTF-8 (a BOM and CRLF line ends are fine); .jsonl.gz is read as gzip
+      text           a non-empty string; C0 control characters other than tab/newline/CR are
+                     removed, and a text empty after that is refused
+      labels         strings or integers (not floats, booleans, null or nested), one type per file
+      validation/test  labels must occur in DATA; text_pair on every line of every file or on none
+      task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit
     """
     from streamlearn import jobs
     from streamlearn.data import DataSpec
