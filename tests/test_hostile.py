@@ -194,7 +194,7 @@ def _sha(path: Path) -> str:
 
 def test_re_signed_tampered_artifact_is_refused_by_evaluate_against_the_catalogue(isolated_home, tiny_backbone_dir,
                                                                                   monkeypatch):
-    """Editing the tensors and rewriting the sidecar's sha256 to match still fails `evaluate`: the catalogue's sha256 differs."""
+    """Editing the tensors and rewriting the sidecar's sha256 to match still fails `evaluate` and `predict TASK`: the catalogue's sha256 differs."""
     from streamlearn import pipeline
 
     monkeypatch.setenv("STREAMLEARN_BACKBONE", tiny_backbone_dir)
@@ -214,7 +214,9 @@ def test_re_signed_tampered_artifact_is_refused_by_evaluate_against_the_catalogu
     meta = json.loads(sidecar.read_text())
     meta["sha256"] = _sha(artifact)
     sidecar.write_text(json.dumps(meta))
-    result = CliRunner().invoke(main, ["evaluate", "tamper"])
-    assert result.exit_code == 2
-    (line,) = result.stderr.splitlines()
-    assert re.fullmatch(rf"error: {re.escape(str(artifact))}: sha256 [0-9a-f]{{12}} does not match the catalogue's [0-9a-f]{{12}}", line)
+    mismatch = rf"error: {re.escape(str(artifact))}: sha256 [0-9a-f]{{12}} does not match the catalogue's [0-9a-f]{{12}}"
+    for args in (["evaluate", "tamper"], ["predict", "tamper", "a good film"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, args
+        (line,) = result.stderr.splitlines()
+        assert re.fullmatch(mismatch, line), line
