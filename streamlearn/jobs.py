@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from streamlearn.artifacts import ArtifactStore
 from streamlearn.catalogue import queries, records
-from streamlearn.catalogue.models import Job, JobStatus, utcnow
+from streamlearn.catalogue.models import Job, JobKind, JobStatus, utcnow
 from streamlearn.catalogue.session import session_scope
 from streamlearn.data import DataSpec, Dataset, load_dataset
 from streamlearn.errors import InvalidConfig, StreamlearnError, TransientError, UnknownTask
@@ -60,6 +60,8 @@ class JobPlan:
     spec: DataSpec
     method: MethodConfig
     train: TrainConfig
+    split_seed: int | None = None
+    """Seed of the carved validation split when it differs from `train.seed` (a sweep's seeded trials)."""
 
 
 def task_name(name: str | None, train_path: str | Path) -> str:
@@ -170,6 +172,8 @@ def claim(job_id: str, settings: Settings) -> tuple[str, JobPlan | None]:
         job = records.find_job(s, job_id)
         if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
             return str(job.status), None
+        if job.kind == JobKind.SWEEP:
+            return "a sweep is settled by its trials, not run", None
         if job.status == JobStatus.RUNNING and (job.worker_host, job.worker_pid) != (host, pid):
             dead = job.worker_host == host and job.worker_pid is not None and not pid_alive(job.worker_pid)
             cutoff = None if dead else utcnow() - timedelta(seconds=settings.heartbeat_timeout)
@@ -181,6 +185,8 @@ def claim(job_id: str, settings: Settings) -> tuple[str, JobPlan | None]:
                 records.mark_running(s, job.id, host, pid)
             except records.InvalidTransition as taken:
                 return f"taken by another worker ({taken.current})", None
+            if job.parent_id is not None:
+                records.start_sweep(s, job.parent_id)
         plan = plan_of(job)
     return "running", plan
 
@@ -191,11 +197,14 @@ def plan_of(job: Job) -> JobPlan:
     from streamlearn.training import TrainConfig
 
     task, params = job.task, job.hyperparameters
+    data = dict(params.get("data", {}))
+    split_seed = data.pop("split_seed", None)
     return JobPlan(
         job_id=job.id, task=task.name, files=dict(task.files),
         spec=DataSpec(text_field=task.text_field, label_field=task.label_field,
-                      pair_field=task.pair_field or "text_pair", **params.get("data", {})),
+                      pair_field=task.pair_field or "text_pair", **data),
         method=MethodConfig.from_dict(params["method"]), train=TrainConfig.from_dict(params["train"]),
+        split_seed=split_seed,
     )
 
 
@@ -210,7 +219,8 @@ def stored_dataset(plan: JobPlan) -> Dataset:
     for split, path in paths.items():
         if not path.is_file():
             raise TransientError(f"the stored {split} file {path} of task {plan.task!r} is missing from the store")
-    return load_dataset(paths["train"], paths.get("validation"), paths.get("test"), spec=plan.spec, seed=plan.train.seed)
+    seed = plan.train.seed if plan.split_seed is None else plan.split_seed
+    return load_dataset(paths["train"], paths.get("validation"), paths.get("test"), spec=plan.spec, seed=seed)
 
 
 def finalise(job_id: str, path: Path, metadata: dict, backbone: BackboneInfo) -> None:
@@ -227,6 +237,7 @@ def finalise(job_id: str, path: Path, metadata: dict, backbone: BackboneInfo) ->
             "adapter_size": metadata["adapter_size"] if metadata["method"] == "adapter" else None,
             "backbone_fingerprint": backbone.fingerprint,
         }, metrics={"validation": metrics["val"], "test": metrics["test"]})
+    _trial_ended(job_id)
 
 
 def fail(job_id: str, reason: BaseException | str) -> None:
@@ -239,6 +250,15 @@ def fail(job_id: str, reason: BaseException | str) -> None:
         pass  # it succeeded meanwhile (another worker)
     except Exception as exc:
         log.error("job %s: could not record the failure %r: %s", job_id, message, exc)
+        return
+    _trial_ended(job_id)
+
+
+def _trial_ended(job_id: str) -> None:
+    """If the job is a sweep's trial and the last to end, select the sweep's winner (never raises)."""
+    from streamlearn import trials
+
+    trials.trial_ended(job_id)
 
 
 def describe(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from sqlalchemy.exc import OperationalError
 
-from streamlearn import jobs, training
+from streamlearn import jobs, training, trials
 from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, read_metadata, write_artifact
 from streamlearn.backbone import Backbone
 from streamlearn.batches import Batches
@@ -34,6 +34,7 @@ from streamlearn.errors import (
 from streamlearn.heartbeat import Heartbeat, JobSuperseded
 from streamlearn.methods import MethodConfig, TaskModules, attached, default_lr
 from streamlearn.settings import get_settings
+from streamlearn.sweep import SweepSpec
 from streamlearn.training import Metrics, Progress, TrainConfig, evaluate, scores
 
 
@@ -245,11 +246,13 @@ def submit_task(
     train_config: TrainConfig | None = None,
     spec: DataSpec | None = None,
     force: bool = False,
+    sweep: SweepSpec | None = None,
 ) -> jobs.Submission:
     """Validate a task's files, store them, record a queued job, and enqueue it.
 
     An identical resubmit (same task name, dataset files and hyperparameters, a job that has not
-    failed) returns the existing job unless `force`.
+    failed) returns the existing job unless `force`. With `sweep`, the job is a sweep: one trial
+    job per grid point is recorded and enqueued, and the best on validation is kept (`trials`).
 
     Raises:
         InvalidDataset: a file is invalid (nothing is stored or recorded).
@@ -257,6 +260,9 @@ def submit_task(
         BrokerUnavailable: the job could not be enqueued; it is recorded as failed with the reason.
     """
     method, train_config = method or MethodConfig(), train_config or TrainConfig()
+    if sweep is not None:
+        return trials.submit_sweep(train, sweep=sweep, method=method.to_dict(), train_config=train_config.to_dict(),
+                                   spec=spec or DataSpec(), name=name, validation=validation, test=test, force=force)
     return jobs.submit(train, method=method.to_dict(), train_config=train_config.to_dict(), spec=spec or DataSpec(),
                        name=name, validation=validation, test=test, force=force)
 

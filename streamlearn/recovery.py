@@ -10,6 +10,9 @@ The catalogue, not the broker, is the source of truth (DESIGN.md, "Modes"). Ever
 - queued jobs last enqueued more than `STREAMLEARN_QUEUED_TIMEOUT` ago (a lost message: the
   embedded filesystem transport never redelivers, and a restarted Redis keeps nothing).
 
+It also settles sweeps whose trials all ended but whose selection never ran (the worker of the
+last trial died between its commit and the selection; see `streamlearn.trials`).
+
 Each requeue is one conditional UPDATE (`records.requeue(..., stale_before=...)`), so two workers
 reconciling at once requeue a job once; a duplicate message is harmless because `run_task` is
 idempotent.
@@ -100,8 +103,17 @@ def reconcile(settings: Settings | None = None, now: datetime | None = None) -> 
                 continue  # it ended since we looked
     for job_id in requeued:
         dispatch.enqueue(job_id, settings)
+    _settle_sweeps()
     prune_processed(settings)
     return requeued
+
+
+def _settle_sweeps() -> None:
+    """Select the winner of every sweep whose trials all ended but whose last finisher died first."""
+    from streamlearn import trials
+
+    for sweep_id in trials.settle_ready():
+        log.warning("reconcile: settled sweep %s, whose last trial ended without selecting", sweep_id)
 
 
 def prune_processed(settings: Settings, max_age: float = PROCESSED_MAX_AGE) -> int:
@@ -136,7 +148,8 @@ def idle_queue_warning(s, now: datetime | None = None, grace: float = IDLE_GRACE
     waiting = queries.stale_queued_jobs(s, now, grace)
     if not waiting:
         return None
-    if len(queries.list_jobs(s, "running")) > len(queries.orphaned_jobs(s, now, settings.heartbeat_timeout)):
+    running = [r for r in queries.list_jobs(s, "running") if r["kind"] != "sweep"]  # no worker runs a sweep itself
+    if len(running) > len(queries.orphaned_jobs(s, now, settings.heartbeat_timeout)):
         return None  # a live worker is busy; the queue is just long
     oldest = datetime.fromisoformat(waiting[0]["enqueued_at"])
     return (

@@ -6,9 +6,12 @@ module level (no torch, no celery), so `status` and `jobs` answer instantly.
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from streamlearn.cli import main
+from streamlearn.cli.sweep import render_trials, sweep_options, wait_for_sweep
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -129,12 +132,14 @@ def training_options(func):
 @click.option("--validation", type=click.Path(readable=False), help="Validation JSONL. Default: a seeded, stratified 10% of DATA.")
 @click.option("--test", "test_file", type=click.Path(readable=False), help="Test JSONL (optional); `evaluate` re-checks it later.")
 @training_options
+@sweep_options
 @click.option("--force", is_flag=True, help="Train again even if an identical job exists.")
 @click.option("--wait", is_flag=True, help="Show live progress until the job ends, then its result.")
-@click.option("--json", "as_json", is_flag=True, help="Print {job_id, task, status} as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print {job_id, task, status} as JSON (and trials: [ids] for a sweep).")
 def submit_task_command(data, name, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr,
                         batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field,
-                        max_classes, max_line_bytes, force, wait, as_json) -> None:
+                        max_classes, max_line_bytes, sweep_name, grid, seeds, prefer_smaller, force, wait,
+                        as_json) -> None:
     """Validate DATA, store it, and queue a training job for a worker.
 
     DATA is a JSONL (or .jsonl.gz) file, one {"text": ..., "label": ...} object per line ("text_pair"
@@ -144,6 +149,12 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
     then the job id is sent to the broker. If the broker is down the job is recorded as failed
     with the reason and the command exits 2. Submitting the same files under the same name with
     the same flags returns the existing job (use --force to train again).
+
+    With --sweep or --grid the job is a sweep: one trial per grid point (times --seeds), each a job
+    of its own, so N workers train N trials at once. When the last trial ends, the best on
+    validation is kept (a tie goes to the smaller artifact; --prefer-smaller EPS keeps the smallest
+    within EPS of the best) and the other trials' artifacts are deleted. A grid key overrides its
+    flag (m: --adapter-size, lr: --lr, epochs: --epochs); `status JOB` shows the trials.
 
     \b
     Limits (an input over one is refused with FILE:LINE: field 'NAME': reason, exit code 2):
@@ -156,13 +167,15 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
       validation/test  labels must occur in DATA; text_pair on every line of every file or on none
       task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit
     """
-    from streamlearn import jobs
+    from streamlearn import jobs, sweep, trials
     from streamlearn.data import DataSpec
 
+    spec = sweep.resolve(sweep_name, grid, seeds, prefer_smaller)
     # Plain dicts with every field of MethodConfig and TrainConfig (their defaults are the flags'
     # defaults, checked by a test): building the dataclasses would import torch, and submit-task
     # must answer fast.
-    submission = jobs.submit(
+    submit = jobs.submit if spec is None else functools.partial(trials.submit_sweep, sweep=spec)
+    submission = submit(
         data, name=name, validation=validation, test=test_file, force=force,
         method={"method": method, "adapter_size": adapter_size, "top_k": top_k, "sigma": sigma, "pooling": pooling},
         train_config={"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed,
@@ -171,16 +184,23 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
                       max_line_bytes=max_line_bytes),
     )
     status = submission.status
+    trial_ids = None if spec is None else [t["job_id"] for t in _job(submission.job_id)["trials"]]
     if not as_json:
+        what = "job" if spec is None else "sweep"
         if submission.created:
-            click.echo(f"job {submission.job_id} queued: task {submission.task}")
+            extra = "" if spec is None else f", {spec.describe()}"
+            click.echo(f"{what} {submission.job_id} queued: task {submission.task}{extra}")
         else:
-            click.echo(f"identical job {submission.job_id} already exists for task {submission.task} "
+            click.echo(f"identical {what} {submission.job_id} already exists for task {submission.task} "
                        f"({status}); pass --force to train again")
     if wait:
-        status = wait_for_job(submission.job_id, show=not as_json)["status"]
+        info = wait_for_job(submission.job_id, show=not as_json)
+        status = info["status"]
+        if spec is not None and not as_json:
+            render_trials(info)
     if as_json:
-        _echo_json({"job_id": submission.job_id, "task": submission.task, "status": status})
+        out = {"job_id": submission.job_id, "task": submission.task, "status": status}
+        _echo_json(out if trial_ids is None else {**out, "trials": trial_ids})
     elif wait:
         _print_task_row(submission.task)
     if wait and status == "failed":
@@ -199,9 +219,14 @@ def _job(job_id: str) -> dict:
 
 
 def wait_for_job(job_id: str, show: bool = True, poll: float = 0.5) -> dict:
-    """Poll a job until it succeeds or fails, drawing a progress bar on stderr when `show`."""
+    """Poll a job until it succeeds or fails, drawing a progress bar on stderr when `show`.
+
+    A sweep gets an overall bar (trials ended / total) and one bar per running trial.
+    """
     import time
 
+    if "trials" in (first := _job(job_id)):
+        return wait_for_sweep(first["job_id"], _job, show=show, poll=poll)
     if not show:
         while (info := _job(job_id))["status"] not in TERMINAL:
             time.sleep(poll)
@@ -270,6 +295,8 @@ def status_command(job_id: str, watch: bool, as_json: bool) -> None:
         _echo_json(info)
         return
     _render_status(info)
+    if "trials" in info:
+        render_trials(info)
 
 
 def _render_status(info: dict) -> None:
