@@ -142,3 +142,75 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     pool = Workers(tmp_path)
     yield pool
     pool.close()
+
+
+class RedisServer:
+    """A `redis-server` of one test (no persistence), which the test may restart on the same port.
+
+    Args:
+        folder: Its working folder.
+        password: Require this password (`--requirepass`), or None.
+    """
+
+    def __init__(self, folder: Path, password: str | None = None) -> None:
+        import shutil
+        import socket
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            _unavailable("redis-server", "the binary is not installed")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.folder, self.password = folder, password
+        self.url = f"redis://{':' + password + '@' if password else ''}127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        import time
+
+        import redis
+
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.folder)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(self.url, socket_connect_timeout=1).ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server on port {self.port} did not start")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Kill the server: with no persistence, every key (queued messages included) is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Kill and start again on the same port, empty, as a restarted machine's Redis would be."""
+        self.stop()
+        self.start()
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator:
+    """Factory of private Redis servers (`redis_server(password=None)`), killed at teardown."""
+    servers: list[RedisServer] = []
+
+    def make(password: str | None = None) -> RedisServer:
+        folder = tmp_path / f"redis-{len(servers)}"
+        folder.mkdir()
+        servers.append(RedisServer(folder, password))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()

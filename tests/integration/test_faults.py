@@ -3,8 +3,9 @@ artifact store that cannot be written, SIGTERM, two workers racing for twenty jo
 backbone. Real worker processes, real Redis and PostgreSQL, the tiny BERT.
 
 Where a fault is made by other means than the real event, the test's docstring names it:
-- "Redis restarted": FLUSHDB on the test's own Redis database, which loses the queued messages as a
-  restart of the machine's Redis (no persistence) would, without disturbing other users of the server.
+- "Redis restarted": a private `redis-server` of the test is killed and started again on its port
+  (a real restart, without disturbing other users of the machine's Redis); and, on the shared
+  server, FLUSHDB of the test's own database, which loses the queued messages the same way.
 - "PostgreSQL down": a TCP proxy in this process between the worker and PostgreSQL stops listening
   and drops its connections, so the worker sees refused connections; the shared server keeps running.
 - "artifact store full / read-only": a real tmpfs filled to the last byte, a real read-only bind
@@ -132,6 +133,33 @@ def test_jobs_queued_when_redis_loses_its_messages_each_complete_once(scale_env,
     assert all(rows[i]["attempts"] >= 1 for i in ids), "re-enqueued by the reconcile, so counted as a new attempt"
     time.sleep(2)  # a late duplicate message finds the job ended and changes nothing
     assert _training_runs(tmp_path) == Counter({i: 1 for i in ids})
+
+
+def test_redis_restarted_under_a_connected_worker_every_queued_job_completes_once(service_env, postgres_url,
+                                                                                 redis_server, workers, tmp_path):
+    """A real restart of a Redis without persistence (a private server of this test, killed and started again on its port) under a connected worker, paused (SIGSTOP) so three jobs wait: the worker reconnects and every job completes once."""
+    import redis
+
+    server = redis_server()
+    env = {**service_env, "STREAMLEARN_BROKER_URL": server.url, "STREAMLEARN_DATABASE_URL": postgres_url,
+           "STREAMLEARN_QUEUED_TIMEOUT": "2"}
+    proc = workers.start(env)
+    _wait_ready(tmp_path / "worker-0.log", proc)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        ids = [cli_json(env, "submit-task", *_task(tmp_path / "data", f"wait{i}", seed=21 + i), "--epochs", "1")["job_id"]
+               for i in range(3)]
+        # The messages are in Redis's list, or one was popped by the worker's pending BRPOP and sits
+        # unread in its socket: the restart loses the first kind, the second survives in the worker.
+        assert redis.Redis.from_url(server.url).llen("streamlearn") >= 2
+        server.restart()
+        assert redis.Redis.from_url(server.url).dbsize() == 0
+        assert {job_state(env, i)["status"] for i in ids} == {"queued"}
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    for job_id in ids:
+        assert wait_for(env, job_id, ended, 180, workers, "an end")["status"] == "succeeded"
+    _assert_each_succeeded_once(env, ids, tmp_path)
 
 
 def test_jobs_queued_when_the_embedded_queue_folder_is_emptied_each_complete_once(service_env, workers, tmp_path):

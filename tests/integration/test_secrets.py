@@ -7,12 +7,6 @@ a password in its URL (the CI server trusts local connections, so it is sent but
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from conftest import tiny_rows, write_jsonl
@@ -23,40 +17,14 @@ pytestmark = pytest.mark.integration
 SECRET = "Pw-s3cr3t-9f2c"
 
 
-@pytest.fixture()
-def private_redis(tmp_path: Path) -> Iterator[str]:
-    """A Redis server of this test only, requiring SECRET; its URL with the password."""
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")  # CI installs it (see .ci/run)
-    port = closed_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", SECRET,
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://:{SECRET}@127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "private redis-server did not start"
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def test_passwords_never_appear_in_worker_logs_or_cli_output(service_env, private_redis, postgres_url, workers,
+def test_passwords_never_appear_in_worker_logs_or_cli_output(service_env, redis_server, postgres_url, workers,
                                                              tmp_path):
     """A worker on a password-protected Redis and a PostgreSQL URL with a password runs a job; no log line or command output contains either password."""
     db = postgres_url.replace("postgresql+psycopg://postgres@", f"postgresql+psycopg://postgres:{SECRET}@", 1)
     assert SECRET in db
-    env = {**service_env, "STREAMLEARN_BROKER_URL": private_redis, "STREAMLEARN_DATABASE_URL": db}
+    broker = redis_server(password=SECRET).url
+    assert SECRET in broker
+    env = {**service_env, "STREAMLEARN_BROKER_URL": broker, "STREAMLEARN_DATABASE_URL": db}
     workers.start(env)
     train = write_jsonl(tmp_path / "secret.jsonl", tiny_rows(32, seed=1))
     submitted = run_cli(env, "submit-task", str(train), "--epochs", "1", "--json")
