@@ -214,3 +214,12 @@ def test_predict_input_file_is_validated_before_any_model_is_loaded(tmp_path):
     assert result.exit_code == 2
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"error: {CORPUS / 'trailing_comma_in_object.jsonl'}:2: not a JSON object (trailing comma")
+
+
+def test_readme_limits_section_states_every_data_limit():
+    """The README's Limits section names the class, line-size, encoding, name and control-character limits."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    limits = " ".join(readme.split("\n## Limits", 1)[1].split("\n## ", 1)[0].split())
+    for needle in ("1000 classes", "`--max-classes`", "1 MB", "`--max-line-bytes`", "UTF-8", "BOM", "`.jsonl.gz`",
+                   "control characters", "1-64 characters", "exit code 2"):
+        assert needle in limits, needle
