@@ -100,7 +100,7 @@ def test_prefer_smaller_keeps_the_smallest_adapter_end_to_end(service_env, worke
 
 
 def test_sigkilled_trial_is_recovered_and_the_sweep_completes(service_env, workers, tmp_path):
-    """SIGKILL the worker of a running trial: the surviving worker re-runs it and the sweep still ends with one winner."""
+    """SIGKILL the worker of a running trial: the other worker re-runs it, and the sweep ends with one winner."""
     first, second = _start_workers(workers, service_env)
     submitted = cli_json(service_env, "submit-task", *_task_files(tmp_path / "data", "crash", seed=3),
                          "--grid", "m=4,8", "--epochs", "150")
