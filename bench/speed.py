@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--infer-examples", type=int, default=512, help="Examples per timed inference pass.")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--service-train-cap", type=int, default=200, help="Train examples of the service-overhead task.")
-    p.add_argument("--service-eval-cap", type=int, default=100, help="Validation and test examples of that task.")
+    p.add_argument("--service-train-cap", type=int, default=1000, help="Train examples of the service-overhead task.")
+    p.add_argument("--service-eval-cap", type=int, default=200, help="Validation and test examples of that task.")
     p.add_argument("--service-epochs", type=int, default=1)
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/11",
                    help="Broker of the Redis run ('' skips it); a private queue name is used on it.")
@@ -118,22 +118,59 @@ def train_pass(backbone, method: str, batches: list, classes: int, autocast: boo
     return log.train_examples_per_s
 
 
-def infer_pass(model, batches: list, mode: str = "inference", autocast: bool = False) -> float:
-    """Forward every batch without autograd; returns examples/s."""
+def timed_forward(get_model: Callable, mode: str = "inference", autocast: bool = False) -> Callable[[dict], float]:
+    """A function timing one forward of a batch (without autograd); attaching happens outside the timing.
+
+    Args:
+        get_model: Returns a context manager yielding the model (e.g. `attached(backbone, task)`).
+        mode: "inference" (`torch.inference_mode`) or "no_grad".
+        autocast: Run under bf16 autocast.
+    """
     import torch
 
-    device = next(model.parameters()).device
-    guard = torch.inference_mode() if mode == "inference" else torch.no_grad()
-    cast = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    n = 0
-    start = time.perf_counter()
-    with guard, cast:
-        for batch in batches:
-            model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
-            n += len(batch["input_ids"])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - start)
+    def run(batch: dict) -> float:
+        with get_model() as model:
+            model.eval()
+            device = next(model.parameters()).device
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            guard = torch.inference_mode() if mode == "inference" else torch.no_grad()
+            cast = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+            with guard, cast:
+                start = time.perf_counter()
+                model(**inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                return time.perf_counter() - start
+
+    return run
+
+
+def interleaved_batches(sides: dict[str, Callable[[dict], float]], batches: list, repeats: int) -> dict:
+    """Like `interleaved`, but alternating the sides batch by batch (A B, B A, ...) inside every round.
+
+    The finest interleaving there is: a burst of load from other processes hits both sides alike.
+    Each round's value is examples/s over all batches; one untimed round warms both sides up.
+    """
+    names = list(sides)
+    n = sum(len(b["input_ids"]) for b in batches)
+    for b in batches:
+        for name in names:
+            sides[name](b)
+    values: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        spent = dict.fromkeys(names, 0.0)
+        for i, b in enumerate(batches):
+            for name in (names if (r + i) % 2 == 0 else names[::-1]):
+                spent[name] += sides[name](b)
+        for name in names:
+            values[name].append(n / spent[name])
+    out = {"values": values, "median": {k: statistics.median(v) for k, v in values.items()}, "repeats": repeats,
+           "interleaving": "per batch"}
+    if len(names) == 2:
+        a, b = names
+        out["ratio_of_medians"] = out["median"][a] / out["median"][b]
+        out["median_of_ratios"] = statistics.median(x / y for x, y in zip(values[a], values[b]))
+    return out
 
 
 def section_train(args, backbone, ds) -> dict:
@@ -157,12 +194,8 @@ def section_inference(args, backbone, ds) -> dict:
     task = TaskModules(backbone, MethodConfig(method="adapter"), len(ds.labels)).requires_grad_(False).eval()
     bare = Classifier(backbone.model, torch.nn.Linear(backbone.info.hidden, len(ds.labels)).to(backbone.device), "mean").eval()
 
-    def adapter() -> float:
-        with attached(backbone, task) as model:
-            model.eval()
-            return infer_pass(model, batches)
-
-    res = interleaved({"adapter": adapter, "bare": lambda: infer_pass(bare, batches)}, args.repeats)
+    res = interleaved_batches({"adapter": timed_forward(lambda: attached(backbone, task)),
+                               "bare": timed_forward(lambda: contextlib.nullcontext(bare))}, batches, args.repeats)
     res["examples"] = len(examples)
     res["unit"] = "inference examples/s (forward, mean pooling + head)"
     return res
@@ -192,21 +225,19 @@ def section_speedups(args, backbone, ds) -> dict:
     torch.manual_seed(0)
     task = TaskModules(backbone, MethodConfig(method="adapter"), len(ds.labels)).requires_grad_(False).eval()
 
-    def infer(mode: str, autocast: bool = False) -> Callable[[], float]:
-        def run() -> float:
-            with attached(backbone, task) as model:
-                model.eval()
-                return infer_pass(model, infer_batches, mode=mode, autocast=autocast)
-        return run
+    def infer(mode: str, autocast: bool = False) -> Callable[[dict], float]:
+        return timed_forward(lambda: attached(backbone, task), mode=mode, autocast=autocast)
 
-    out["inference_mode"] = interleaved({"inference_mode": infer("inference"), "no_grad": infer("no_grad")}, args.repeats)
+    out["inference_mode"] = interleaved_batches({"inference_mode": infer("inference"), "no_grad": infer("no_grad")},
+                                                infer_batches, args.repeats)
     out["inference_mode"]["unit"] = "adapter inference examples/s"
     out["bf16_train"] = interleaved({
         "bf16": lambda: train_pass(backbone, "adapter", bucketed, len(ds.labels), autocast=True),
         "fp32": lambda: train_pass(backbone, "adapter", bucketed, len(ds.labels)),
     }, args.repeats)
     out["bf16_train"]["unit"] = "adapter training examples/s"
-    out["bf16_infer"] = interleaved({"bf16": infer("inference", autocast=True), "fp32": infer("inference")}, args.repeats)
+    out["bf16_infer"] = interleaved_batches({"bf16": infer("inference", autocast=True), "fp32": infer("inference")},
+                                            infer_batches, args.repeats)
     out["bf16_infer"]["unit"] = "adapter inference examples/s"
 
     # Tokenization: what a per-dataset cache could save at most, against one real fit's time.
@@ -388,9 +419,10 @@ def render(data: dict, docs_dir: Path) -> str:
            + ("" if mach.get("gpu") else " (no GPU was lent to this session)") + ".",
            f"Backbone: {data['backbone']['name']} ({data['backbone']['params']:,} parameters). Texts: the real task "
            f"`{data['task']}`, max length {data['settings']['max_length']}, batch {data['settings']['batch_size']}.",
-           "Method: each ratio's two sides run in the same process, alternating A B, B A, ... after one untimed warm-up "
-           "of each; the table gives the medians of the repeats and the median of the per-round ratios. The CPU is "
-           "shared with other work, so single values vary; the interleaving makes the ratios fair.",
+           "Method: each ratio's two sides run in the same process after one untimed warm-up of each. Training and service "
+           "sides alternate whole passes or jobs (A B, B A, ...); inference sides alternate batch by batch inside every pass. "
+           "The tables give the medians of the repeats and the median of the per-round ratios. The CPU is shared with "
+           "other work, so single values vary; the interleaving makes the ratios fair.",
            f"Last updated {data.get('updated_at', '?')} (each section records when it ran).", ""]
     out += ["## Targets", "", "| ratio | median A | median B | A ÷ B (medians) | median of per-round ratios | target | |",
             "|---|---:|---:|---:|---:|---:|---|"]
