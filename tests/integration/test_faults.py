@@ -270,10 +270,11 @@ def test_postgres_refusing_connections_at_finalisation_job_succeeds_once_when_it
     try:
         workers.start(worker_env)
         job_id = cli_json(scale_env, "submit-task", *_task(tmp_path / "data", "pgdown", seed=3, rows=64),
-                          "--epochs", "40")["job_id"]
+                          "--epochs", "100")["job_id"]
         wait_for(scale_env, job_id, lambda s: s["status"] == "running" and (s["progress"]["step"] or 0) >= 1, 120,
                  workers, "running")
         proxy.refuse()
+        assert f"pgdown/{job_id}.json" not in _task_files(scale_env), "training ended before the database went down"
         deadline = time.monotonic() + 120
         while f"pgdown/{job_id}.json" not in _task_files(scale_env):
             assert time.monotonic() < deadline, workers.logs()
@@ -367,7 +368,7 @@ def test_artifact_write_failure_fails_the_job_clearly_and_leaves_no_partial_file
 def test_sigterm_mid_training_finishes_the_job_then_the_worker_exits(service_env, workers, tmp_path):
     """SIGTERM while a job trains: the worker finishes that job (succeeded, once), takes no other, and exits 0."""
     proc = workers.start(service_env)
-    first = cli_json(service_env, "submit-task", *_task(tmp_path / "data", "term", seed=6, rows=64), "--epochs", "60")
+    first = cli_json(service_env, "submit-task", *_task(tmp_path / "data", "term", seed=6, rows=64), "--epochs", "100")
     second = cli_json(service_env, "submit-task", *_task(tmp_path / "data", "after", seed=7), "--epochs", "1")
     wait_for(service_env, first["job_id"], lambda s: s["status"] == "running" and (s["progress"]["step"] or 0) >= 2,
              120, workers, "running")
@@ -424,12 +425,13 @@ def corruptible_backbone(isolated_home, tiny_backbone_dir, monkeypatch):
     monkeypatch.setenv("STREAMLEARN_BACKBONE", tiny_backbone_dir)
     monkeypatch.setenv("STREAMLEARN_PROGRESS_INTERVAL", "0.05")
     get_settings.cache_clear()
+    # Recorded now, so monkeypatch's undo at teardown puts back None, whatever the test set.
+    monkeypatch.setattr(pipeline, "_refusal", None)
     backbone = load_backbone(tiny_backbone_dir, "cpu")
     saved = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     yield backbone
     backbone.model.load_state_dict(saved)
     backbone.verify()
-    monkeypatch.setattr(pipeline, "_refusal", None)
 
 
 def test_backbone_changed_during_a_job_fails_it_loudly_and_the_worker_refuses_later_jobs(corruptible_backbone, tmp_path,
