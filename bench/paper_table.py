@@ -477,8 +477,10 @@ def plot(rows: dict, s: dict, bb: dict, path: Path) -> None:
             ax.scatter(x, y, marker=markers[m], color=colors(i % 10), s=42, zorder=3, edgecolor="black", linewidth=0.4)
         full = rows.get((t, "full"))
         if full:
-            rel.scatter([p[0] for p in pts], [100 * (p[1] - full["test_accuracy"]) for p in pts], color=colors(i % 10),
-                        s=30, alpha=0.8, zorder=3, label=t, marker="o")
+            for x, y, m in pts:
+                rel.scatter(x, 100 * (y - full["test_accuracy"]), color=colors(i % 10), s=30, alpha=0.85, zorder=3,
+                            marker=markers[m])
+            rel.scatter([], [], color=colors(i % 10), marker="s", label=t)
     for m in s["methods"]:
         if s["mean_test_accuracy"].get(m) is not None and s["mean_test_accuracy"].get("full") is not None:
             xs = [rows[(t, m)]["trainable_params"] for t in s["complete_tasks"]]
