@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--method", default="adapter", choices=("adapter", "full", "top-k", "layernorm"))
+    p.add_argument("--lr", type=float, default=None, help="Learning rate (default: the service's default for the method).")
     p.add_argument("--backbone", default=None, help="Backbone directory (default: $STREAMLEARN_BACKBONE or all-MiniLM-L6-v2).")
     p.add_argument("--device", default=None, help="auto, cpu, cuda (default: $STREAMLEARN_DEVICE, auto).")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the worker and CLI processes (0 = torch's default).")
@@ -87,7 +88,7 @@ def run(args, argv: list[str], json_path: Path) -> dict:
         "command": "python -m bench.stream" + (" " + shlex.join(argv) if argv else ""),
         "settings": {"train_cap": args.train_cap, "val_cap": args.val_cap, "test_cap": args.test_cap,
                      "max_length": args.max_length, "epochs": args.epochs, "method": args.method,
-                     "threads": args.threads or None},
+                     "lr": args.lr, "threads": args.threads or None},
         "data_dir": args.data_dir, "tasks": names, "rows": [], "jobs": [],
     }
     worker = Worker(env, work / "worker.log")
@@ -102,7 +103,8 @@ def run(args, argv: list[str], json_path: Path) -> dict:
             t0 = time.perf_counter()
             sub = json.loads(cli(env, "submit-task", str(files["train"]), "--name", name, "--validation", str(files["validation"]),
                                  "--test", str(files["test"]), "--method", args.method, "--epochs", str(args.epochs),
-                                 "--max-length", str(args.max_length), "--wait", "--json"))
+                                 "--max-length", str(args.max_length), *(["--lr", repr(args.lr)] if args.lr else []),
+                                 "--wait", "--json"))
             seconds = time.perf_counter() - t0
             if sub["status"] != "succeeded":
                 raise RuntimeError(f"task {name}: job {sub['job_id']} {sub['status']}: {worker.tail()}")
@@ -198,6 +200,7 @@ def render(data: dict, docs_dir: Path) -> str:
             "- Why it is exactly 0: the backbone is frozen and shared (its fingerprint is re-checked after every job), and "
             "each task's adapters, LayerNorms and head live in their own artifact, so learning task t cannot touch task j's "
             "function; evaluation uses the same batch size and ordering as the first measurement, so every float repeats."]
+    out += _cross_check(data, docs_dir)
     s = data.get("storage") or {}
     if s.get("tasks"):
         out += ["", "## Storage", "",
@@ -219,6 +222,27 @@ def render(data: dict, docs_dir: Path) -> str:
     out.append("")
     (docs_dir / "STREAM.md").write_text("\n".join(out), encoding="utf-8")
     return "\n".join(out)
+
+
+def _cross_check(data: dict, docs_dir: Path) -> list[str]:
+    """Compare R[j, j] with the in-process runs of the paper table made with the same settings, if any."""
+    path = docs_dir / "results" / "paper_table.json"
+    st = data["settings"]
+    if not path.exists() or st.get("lr") is None:
+        return []
+    table = json.loads(path.read_text(encoding="utf-8"))
+    ts = table.get("settings", {})
+    if any(ts.get(k) != st.get(k) for k in ("train_cap", "val_cap", "test_cap", "max_length", "epochs")):
+        return []
+    same = {r["task"]: r["test_accuracy"] for r in table["runs"]
+            if r["method"] == st["method"] and r["seed"] == 0 and abs(r["lr"] - st["lr"]) <= 1e-12 * st["lr"]}
+    pairs = [(n, data["rows"][j][n], same[n]) for j, n in enumerate(data["tasks"]) if n in same and j < len(data["rows"])]
+    if not pairs:
+        return []
+    equal = [n for n, a, b in pairs if a == b]
+    return ["", f"Cross-check with the in-process runs of RESULTS.md (same files, caps, seed, lr {st['lr']:g}): R[j, j] equals "
+            f"the in-process test accuracy exactly on {len(equal)} of {len(pairs)} tasks"
+            + ("." if len(equal) == len(pairs) else "; differing: " + ", ".join(f"`{n}` {a:.4f} vs {b:.4f}" for n, a, b in pairs if a != b) + ".")]
 
 
 def main(argv: list[str] | None = None) -> dict:
