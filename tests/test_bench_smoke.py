@@ -154,3 +154,19 @@ def test_speed_service_sections_time_a_warm_worker(tiny_data_dir: Path, tiny_bac
     residency = data["sections"]["residency"]
     assert residency["second"]["run_seconds"] is not None
     assert "Service overhead" in (docs / "SPEED.md").read_text()
+
+
+def test_paper_table_task_lrs_keeps_the_better_rate_per_task(tiny_data_dir: Path, tiny_backbone_dir: str, tmp_path: Path) -> None:
+    """--task-lrs 2 runs the check's two best rates on every task and reports the better one on validation."""
+    from bench import paper_table
+
+    docs = tmp_path / "docs"
+    data = paper_table.main(["--data-dir", str(tiny_data_dir), "--backbone", tiny_backbone_dir, "--device", "cpu",
+                             "--docs-dir", str(docs), "--epochs", "1", "--methods", "layernorm", "--lr-check", "alpha",
+                             "--lr-grid", "layernorm=1e-3,3e-3,1e-2", "--task-lrs", "2"])
+    kept = data["lr_check"]["per_task"]["layernorm"]
+    assert len(kept) == 2 and kept[0] == data["lr_check"]["chosen"]["layernorm"]
+    assert sorted(r["lr"] for r in data["runs"] if r["task"] == "beta") == sorted(kept)
+    beta = paper_table.table_rows(data)[("beta", "layernorm")]
+    best = max((r for r in data["runs"] if r["task"] == "beta"), key=lambda r: (r["val_accuracy"], -r["lr"]))
+    assert beta["lr"] == best["lr"]
