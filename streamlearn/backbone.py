@@ -209,3 +209,11 @@ def _load(path: Path, device: torch.device) -> Backbone:
         bytes=nbytes,
     )
     return Backbone(model, tokenizer, info, device)
+
+
+def resident_backbone() -> Backbone:
+    """The configured backbone, loaded once per process (STREAMLEARN_BACKBONE, STREAMLEARN_DEVICE)."""
+    from streamlearn.settings import get_settings
+
+    settings = get_settings()
+    return load_backbone(settings.backbone, settings.device)

@@ -1,5 +1,6 @@
-"""The recipes. Engine part: `fit` (attach -> train -> evaluate -> collect -> detach), `save`,
-`load_predictor`. The service part (`submit_task`, `run_task`) composes these with the catalogue.
+"""The recipes. Engine part: `fit` (attach -> train -> evaluate -> collect -> detach) and `save`,
+used in-process by `streamlearn train` and the benchmarks. The service part (`submit_task`,
+`run_task`) composes them with the catalogue. Using a stored artifact lives in `predictor`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from streamlearn import jobs, training, trials
 from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, read_metadata, write_artifact
-from streamlearn.backbone import Backbone
+from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
 from streamlearn.catalogue import records
 from streamlearn.data import DataSpec, Dataset, Example, file_sha256
@@ -35,7 +36,7 @@ from streamlearn.heartbeat import Heartbeat, JobSuperseded
 from streamlearn.methods import MethodConfig, TaskModules, attached, default_lr
 from streamlearn.settings import get_settings
 from streamlearn.sweep import SweepSpec
-from streamlearn.training import Metrics, Progress, TrainConfig, evaluate, scores
+from streamlearn.training import Metrics, Progress, TrainConfig, evaluate
 
 
 ARTIFACT_FORMAT = 1
@@ -159,73 +160,6 @@ def fit(
 def save(result: FitResult, path: str | Path) -> ArtifactInfo:
     """Write a fit's tensors and sidecar to `path` (`.safetensors`), via temp files and renames."""
     return write_artifact(path, result.tensors, result.metadata)
-
-
-class Predictor:
-    """A loaded artifact attached on demand to the shared backbone."""
-
-    def __init__(self, task: TaskModules, metadata: dict, backbone: Backbone) -> None:
-        self.task = task
-        self.metadata = metadata
-        self.backbone = backbone
-        self.labels: tuple[str, ...] = tuple(metadata["labels"])
-        self.max_length = int(metadata["train_config"]["max_length"])
-
-    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64) -> torch.Tensor:
-        """Return the (len(texts), classes) logits, in input order, on the CPU."""
-        if pairs is not None and len(pairs) != len(texts):
-            raise InvalidConfig(f"{len(texts)} texts but {len(pairs)} pairs")
-        examples = [Example(t, None, pairs[i] if pairs is not None else None) for i, t in enumerate(texts)]
-        if not examples:
-            return torch.zeros((0, len(self.labels)))
-        batches = Batches(examples, self.backbone.tokenizer, None, batch_size, self.max_length, by_length=True)
-        out = torch.empty((len(examples), len(self.labels)))
-        with attached(self.backbone, self.task) as model, torch.inference_mode():
-            model.eval()
-            for indices in batches.order(0):
-                batch = {k: v.to(self.backbone.device) for k, v in batches.collate(indices).items()}
-                out[indices] = model(**batch).float().cpu()
-        return out
-
-    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[tuple[str, float]]:
-        """Return (label, probability) of the most likely class for each text."""
-        probs = torch.softmax(self.logits(texts, pairs), dim=-1)
-        top = probs.max(dim=-1)
-        return [(self.labels[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
-
-    def evaluate(self, examples: Sequence[Example]) -> Metrics:
-        """Accuracy and macro-F1 on labelled examples (labels must be among the artifact's)."""
-        index = {name: i for i, name in enumerate(self.labels)}
-        unknown = {str(ex.label) for ex in examples} - set(index)
-        if unknown:
-            raise InvalidConfig(f"labels {sorted(unknown)[:5]} are not among the artifact's {list(self.labels)}")
-        pairs = [ex.text_pair for ex in examples] if examples and examples[0].text_pair is not None else None
-        pred = self.logits([ex.text for ex in examples], pairs).argmax(-1).tolist()
-        return scores([index[str(ex.label)] for ex in examples], pred)
-
-
-def load_predictor(artifact_path: str | Path, backbone: Backbone, expected_sha256: str | None = None) -> Predictor:
-    """Load a verified artifact for prediction on this backbone.
-
-    Raises:
-        ArtifactCorrupt: The file or sidecar fails its sha256, or the tensors do not fit the method.
-        BackboneMismatch: The artifact was trained on a backbone with another fingerprint.
-    """
-    tensors, metadata = read_artifact(artifact_path, expected_sha256)
-    recorded = metadata.get("backbone", {})
-    if recorded.get("fingerprint") != backbone.info.fingerprint:
-        raise BackboneMismatch(
-            f"{artifact_path} was trained on backbone {recorded.get('name')!r} "
-            f"({str(recorded.get('fingerprint'))[:12]}), not on {backbone.info.name!r} ({backbone.info.fingerprint[:12]})"
-        )
-    try:
-        method = MethodConfig.from_dict(metadata["method_config"])
-        task = TaskModules(backbone, method, len(metadata["labels"]))
-        task.load_state_dict({k: v.to(backbone.device) for k, v in tensors.items()}, strict=True)
-    except (KeyError, RuntimeError, InvalidConfig) as exc:
-        raise ArtifactCorrupt(f"{artifact_path}: tensors do not match the recorded method ({exc})") from None
-    task.requires_grad_(False).eval()
-    return Predictor(task, metadata, backbone)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,32 +297,6 @@ def _write(result: FitResult, path: Path) -> ArtifactInfo:
         ) from exc
 
 
-def resident_backbone() -> Backbone:
-    """The configured backbone, loaded once per process (STREAMLEARN_BACKBONE, STREAMLEARN_DEVICE)."""
-    from streamlearn.backbone import load_backbone
-
-    settings = get_settings()
-    return load_backbone(settings.backbone, settings.device)
-
-
-def reevaluate(task: str | None = None) -> list[dict]:
-    """Re-evaluate stored artifacts on their stored test sets and compare with the catalogue.
-
-    Args:
-        task: One task, or None for every task with an artifact.
-
-    Returns:
-        Per task: `task, split, examples, accuracy, macro_f1, catalogue_accuracy, catalogue_macro_f1,
-        drift` (the largest absolute difference; 0 when nothing was forgotten).
-
-    Raises:
-        UnknownTask: no such task, or it has no artifact yet.
-    """
-    plans = jobs.artifact_plans(task)
-    backbone = resident_backbone()
-    return [_reevaluate_one(plan, uri, sha, stored, backbone) for plan, uri, sha, stored in plans]
-
-
 def _finished_artifact(path: Path, backbone: Backbone) -> dict | None:
     """The sidecar of a complete, verified artifact from an earlier run of this job, else None."""
     if not path.exists():
@@ -402,25 +310,6 @@ def _finished_artifact(path: Path, backbone: Backbone) -> dict | None:
         return None
     log.info("artifact %s already complete: finalising without retraining", path)
     return metadata
-
-
-def _reevaluate_one(plan: jobs.JobPlan, uri: str, sha256: str, stored: dict, backbone: Backbone) -> dict:
-    dataset = jobs.stored_dataset(plan)
-    split, examples = ("test", dataset.test) if dataset.test else ("validation", dataset.validation)
-    predictor = load_predictor(jobs.artifact_path(uri), backbone, expected_sha256=sha256)
-    # The same batch size as the evaluation during training, so padding and thus every float match.
-    pairs = [ex.text_pair for ex in examples] if dataset.is_pair else None
-    logits = predictor.logits([ex.text for ex in examples], pairs, batch_size=plan.train.batch_size)
-    now = scores([dataset.label_index(ex.label) for ex in examples], logits.argmax(-1).tolist())
-    before = stored.get(split, {})
-    drift = max(abs(now.accuracy - before.get("accuracy", float("nan"))),
-                abs(now.macro_f1 - before.get("macro_f1", float("nan"))))
-    return {
-        "task": plan.task, "job_id": plan.job_id, "split": split, "examples": now.examples,
-        "accuracy": now.accuracy, "macro_f1": now.macro_f1,
-        "catalogue_accuracy": before.get("accuracy"), "catalogue_macro_f1": before.get("macro_f1"),
-        "drift": drift,
-    }
 
 
 fail_task = jobs.fail

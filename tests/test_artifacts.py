@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from streamlearn import pipeline
+from streamlearn import pipeline, predictor
 from streamlearn.artifacts import ArtifactStore, read_artifact, write_artifact
 from streamlearn.backbone import load_backbone
 from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig
@@ -28,7 +28,7 @@ def fitted(tiny_dataset, tiny_backbone):
 def _in_memory_predictor(result, backbone):
     task = TaskModules(backbone, MethodConfig.from_dict(result.metadata["method_config"]), len(result.metadata["labels"]))
     task.load_state_dict(result.tensors)
-    return pipeline.Predictor(task.eval(), result.metadata, backbone)
+    return predictor.Predictor(task.eval(), result.metadata, backbone)
 
 
 @pytest.mark.parametrize("method", ["adapter", "layernorm", "top-k", "full"])
@@ -36,7 +36,7 @@ def test_round_trip_gives_identical_logits_and_metrics(tmp_path, tiny_dataset, t
     """Saved then loaded tensors give bit-identical logits and reproduce the fit's test metrics."""
     result = pipeline.fit(tiny_dataset, MethodConfig(method=method, adapter_size=8), FAST, tiny_backbone)
     info = pipeline.save(result, tmp_path / "task.safetensors")
-    loaded = pipeline.load_predictor(info.path, tiny_backbone)
+    loaded = predictor.load_predictor(info.path, tiny_backbone)
     assert torch.equal(loaded.logits(TEXTS), _in_memory_predictor(result, tiny_backbone).logits(TEXTS))
     assert loaded.evaluate(tiny_dataset.test) == result.test
     assert [label for label, _ in loaded.predict(TEXTS)] == [
@@ -72,7 +72,7 @@ def test_artifact_from_another_backbone_is_refused(tmp_path, fitted, tiny_backbo
     model.save_pretrained(other_dir)
     info = pipeline.save(fitted, tmp_path / "task.safetensors")
     with pytest.raises(BackboneMismatch, match="was trained on backbone"):
-        pipeline.load_predictor(info.path, load_backbone(str(other_dir), device="cpu"))
+        predictor.load_predictor(info.path, load_backbone(str(other_dir), device="cpu"))
 
 
 def test_tampered_tensor_file_is_refused(tmp_path, fitted, tiny_backbone):
@@ -82,7 +82,7 @@ def test_tampered_tensor_file_is_refused(tmp_path, fitted, tiny_backbone):
     blob[-3] ^= 0xFF
     info.path.write_bytes(bytes(blob))
     with pytest.raises(ArtifactCorrupt, match="does not match the sidecar"):
-        pipeline.load_predictor(info.path, tiny_backbone)
+        predictor.load_predictor(info.path, tiny_backbone)
 
 
 def test_tampered_sidecar_is_refused(tmp_path, fitted, tiny_backbone):
@@ -92,7 +92,7 @@ def test_tampered_sidecar_is_refused(tmp_path, fitted, tiny_backbone):
     meta["labels"] = ["pos", "neg"]
     info.sidecar.write_text(json.dumps(meta))
     with pytest.raises(ArtifactCorrupt, match="sidecar content was modified"):
-        pipeline.load_predictor(info.path, tiny_backbone)
+        predictor.load_predictor(info.path, tiny_backbone)
 
 
 def test_missing_sidecar_and_unexpected_digest_are_refused(tmp_path, fitted):

@@ -16,7 +16,7 @@ import pytest
 
 from streamlearn import jobs, pipeline, recovery
 from streamlearn.catalogue import queries, records
-from streamlearn.catalogue.models import Job, JobStatus, utcnow
+from streamlearn.catalogue.models import Job, utcnow
 from streamlearn.catalogue.session import session_scope
 from streamlearn.errors import InvalidDataset, TransientError
 from streamlearn.settings import get_settings

@@ -28,10 +28,10 @@ _stop = threading.Event()
 
 def preload_backbone() -> None:
     """Load (and cache for this process) the configured backbone, logging what was loaded."""
-    from streamlearn import pipeline
+    from streamlearn.backbone import resident_backbone
 
     try:
-        info = pipeline.resident_backbone().info
+        info = resident_backbone().info
         log.info("backbone %s loaded (fingerprint %s, %d parameters)", info.name, info.fingerprint[:12], info.params)
     except Exception:  # a job would fail with the same error, recorded on its row
         log.exception("could not load the backbone; jobs will fail until it is fixed")

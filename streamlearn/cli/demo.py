@@ -183,7 +183,7 @@ def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int) ->
 
 
 def _evaluate_all(console) -> None:
-    from streamlearn.pipeline import reevaluate
+    from streamlearn.predictor import reevaluate
 
     rows = reevaluate()
     worst = max((r["drift"] for r in rows), default=0.0)

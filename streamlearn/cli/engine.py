@@ -194,7 +194,7 @@ def predict_rows(artifact: str | Path, texts: list[str], input_file: str | None,
     """
     from streamlearn.backbone import load_backbone
     from streamlearn.data import Example, read_jsonl
-    from streamlearn.pipeline import load_predictor
+    from streamlearn.predictor import load_predictor
 
     examples = [Example(t, None) for t in texts]
     if input_file is not None:

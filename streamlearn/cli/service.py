@@ -372,7 +372,7 @@ def evaluate_command(task: str | None, all_tasks: bool, as_json: bool) -> None:
     """
     if bool(task) == all_tasks:
         raise click.UsageError("give one TASK or --all")
-    from streamlearn.pipeline import reevaluate
+    from streamlearn.predictor import reevaluate
 
     rows = reevaluate(None if all_tasks else task)
     if as_json:
