@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -175,7 +176,7 @@ def render(data: dict, docs_dir: Path) -> str:
            f"Machine: {machine_info.sentence(mach)}; device **{mach['device']}**"
            + ("" if mach.get("gpu") else " (no GPU was lent to this session)") + f". Whole stream: {data['seconds'] / 60:.0f} min.",
            "",
-           f"The {len(names)} tasks of `{Path(data['data_dir']).name}` arrive one after another (in the order of the rows) at the real service in "
+           f"The {len(names)} tasks of `{_shown(data['data_dir'])}` arrive one after another (in the order of the rows) at the real service in "
            "embedded mode: a fresh `STREAMLEARN_HOME` (SQLite catalogue, filesystem broker), one `streamlearn worker` "
            f"subprocess holding the frozen {bb['name']} backbone. Each task: `streamlearn submit-task --method {st['method']} "
            f"--epochs {st['epochs']} --max-length {st['max_length']} --wait` on its files (train {cap(st['train_cap'])} examples, "
@@ -222,6 +223,12 @@ def render(data: dict, docs_dir: Path) -> str:
     out.append("")
     (docs_dir / "STREAM.md").write_text("\n".join(out), encoding="utf-8")
     return "\n".join(out)
+
+
+def _shown(path: str) -> str:
+    """A path as the docs show it: relative to the repository when it is nearby."""
+    rel = os.path.relpath(path, task_data.REPO)
+    return rel if rel.count("..") <= 2 else path
 
 
 def _cross_check(data: dict, docs_dir: Path) -> list[str]:
