@@ -269,15 +269,17 @@ def execute(args, store: ResultStore, backbone) -> None:
 
 # ------------------------------------------------------------------------------------------ report
 
-def table_rows(data: dict) -> dict[tuple[str, str], dict]:
+def table_rows(data: dict, single_lr: bool = False) -> dict[tuple[str, str], dict]:
     """(task, method) -> the reported result: the best-validation lr, mean over its seeds.
 
     With `--lr-check`, every task picks among the rates kept by the check (`per_task`; the check
-    task too), by validation accuracy.
+    task too), by validation accuracy; `single_lr` instead keeps only the check's best rate.
     """
     runs = data["runs"]
     check = data.get("lr_check") or {}
     per_task = check.get("per_task") or {m: [lr] for m, lr in (check.get("chosen") or {}).items()}
+    if single_lr:
+        per_task = {m: [lr] for m, lr in (check.get("chosen") or {}).items()}
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["task"], r["method"]), []).append(r)
@@ -412,7 +414,8 @@ def render(data: dict, docs_dir: Path) -> str:
         out.append(f"| **mean of {len(s['complete_tasks'])} tasks** | | | | " + " | ".join(means) + " | |")
     out += ["", "## Per run", ""]
     out.append("Trained params as % of |w|; bytes = the real safetensors file (header included); bound = "
-               "1.01 × stored params × 4 + header.")
+               "1.01 × stored params × 4 + header. Train ex/s was measured while the 2-core CPU was shared with other "
+               "work (it varies several-fold between runs); `docs/SPEED.md` measures the speed ratios side by side.")
     out.append("")
     out.append("| task | method | lr | test acc | test macro-F1 | val acc | best epoch | trained params | % of \\|w\\| | bytes stored | bytes ÷ bound | train ex/s |")
     out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -431,6 +434,24 @@ def render(data: dict, docs_dir: Path) -> str:
                    f"{ma['full']:.4f}: **adapter ÷ full = {s['accuracy_ratio']:.4f}** (mean of per-task ratios "
                    f"{s['per_task_ratio_mean']:.4f})."
                    + "".join(f" {m}: {ma[m]:.4f} (÷ full = {ma[m] / ma['full']:.4f})." for m in methods if m not in ("adapter", "full")))
+        diffs = [rows[(t, "adapter")]["test_accuracy"] - rows[(t, "full")]["test_accuracy"] for t in s["complete_tasks"]]
+        if len(diffs) > 1:
+            sd = statistics.stdev(diffs)
+            out.append(f"- Per task, adapter − full is {100 * statistics.fmean(diffs):+.2f} points on average (from "
+                       f"{100 * min(diffs):+.2f} to {100 * max(diffs):+.2f}; standard error of the mean "
+                       f"{100 * sd / len(diffs) ** 0.5:.2f} points, one seed per run): "
+                       + ("within two standard errors of 0, so the two methods are level within noise."
+                          if abs(statistics.fmean(diffs)) < 2 * sd / len(diffs) ** 0.5
+                          else "more than two standard errors from 0."))
+    per_task = (data.get("lr_check") or {}).get("per_task") or {}
+    if any(len(v) > 1 for v in per_task.values()):
+        one = summarise(data, table_rows(data, single_lr=True))
+        if "accuracy_ratio" in one:
+            out.append(f"- With one rate per method instead (the check's best on every task, no per-task choice): adapter "
+                       f"{one['mean_test_accuracy']['adapter']:.4f}, full {one['mean_test_accuracy']['full']:.4f}, adapter ÷ full = "
+                       f"{one['accuracy_ratio']:.4f}" + "".join(
+                           f"; {m} ÷ full = {one['mean_test_accuracy'][m] / one['mean_test_accuracy']['full']:.4f}"
+                           for m in methods if m not in ("adapter", "full") and one["mean_test_accuracy"].get(m)) + ".")
     if "adapter_bytes_total" in s:
         k = len([t for t in s["tasks"] if (t, "adapter") in rows])
         out.append(f"- Stored bytes of all K={k} tasks: adapters **{_mb(s['adapter_bytes_total'])}** vs K·|w| = "
