@@ -459,7 +459,13 @@ def render(data: dict, docs_dir: Path) -> str:
            "sides alternate whole passes or jobs (A B, B A, ...); inference sides alternate batch by batch inside every pass. "
            "The tables give the medians of the repeats and the median of the per-round ratios. The CPU is shared with "
            "other work, so single values vary; the interleaving makes the ratios fair.",
-           f"Last updated {data.get('updated_at', '?')} (each section records when it ran).", ""]
+           f"Last updated {data.get('updated_at', '?')} (each section records when it ran)."]
+    if data["settings"].get("threads") == 1:
+        out.append("Threads: one torch thread per process (`--threads 1`, also passed to the workers). With two threads per "
+                   "process on this shared 2-core CPU, the OpenMP threads wait on each other whenever another process "
+                   "takes a core, which hurts the adapters' many small operations most; one thread measures the work, "
+                   "not the scheduler.")
+    out.append("")
     out += ["## Targets", "", "| ratio | median A | median B | A ÷ B (medians) | median of per-round ratios | target | |",
             "|---|---:|---:|---:|---:|---:|---|"]
     if "train" in s:
@@ -490,7 +496,10 @@ def render(data: dict, docs_dir: Path) -> str:
                 f"The same files (`{data['task']}` capped to {sv['examples']['train']} train, {sv['examples']['validation']} "
                 f"validation, {sv['examples']['test']} test; adapter, {sv['epochs']} epoch) trained in this process "
                 "(load + fit + save, backbone already loaded) and through `submit_task` to a warm `streamlearn worker` "
-                "subprocess (a warm-up job first), timed from the `submit_task` call to the job's `finished_at` in the catalogue (the client polls its status every 0.2 s with one light query, so that it does not steal the worker's CPU)."]
+                "subprocess (a warm-up job first), timed from the `submit_task` call to the job's `finished_at` in the catalogue "
+                "(the client polls its status every 0.2 s with one light query, so that it does not steal the worker's "
+                "CPU: an earlier version polled a full status query every 20 ms, and on 2 cores that poller alone made "
+                "the worker's run about 10% slower)."]
         for mode in ("embedded", "redis"):
             t = sv.get(mode)
             if t and "skipped" not in t:
@@ -534,6 +543,10 @@ def render(data: dict, docs_dir: Path) -> str:
                    f"{bt['ratio_of_medians']:.3f} | {'option (`--autocast bf16` in the paper table)' if bt['ratio_of_medians'] > 1.05 else 'no: not faster here'} |")
         out.append(f"| bf16 autocast, adapter inference ex/s | {bi['median']['bf16']:.1f} | {bi['median']['fp32']:.1f} | "
                    f"{bi['ratio_of_medians']:.3f} | {'option' if bi['ratio_of_medians'] > 1.05 else 'no: not faster here'} |")
+        out.append("")
+        out.append("bf16 autocast is slower on this CPU for both training and inference, so it is not used and its accuracy "
+                   "cost was not measured in the paper table; `python -m bench.paper_table --autocast bf16` runs that "
+                   "check where bf16 is fast (a GPU).")
         tk = sp["tokenization"]
         out.append("")
         out.append(f"Tokenization cache: tokenizing all of `{data['task']}` ({tk['examples']:,} examples, three splits) takes "
