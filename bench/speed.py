@@ -544,9 +544,13 @@ def render(data: dict, docs_dir: Path) -> str:
         out.append(f"| bf16 autocast, adapter inference ex/s | {bi['median']['bf16']:.1f} | {bi['median']['fp32']:.1f} | "
                    f"{bi['ratio_of_medians']:.3f} | {'option' if bi['ratio_of_medians'] > 1.05 else 'no: not faster here'} |")
         out.append("")
-        out.append("bf16 autocast is slower on this CPU for both training and inference, so it is not used and its accuracy "
-                   "cost was not measured in the paper table; `python -m bench.paper_table --autocast bf16` runs that "
-                   "check where bf16 is fast (a GPU).")
+        if bt["ratio_of_medians"] < 1 and bi["ratio_of_medians"] < 1:
+            out.append("bf16 autocast is slower on this device for both training and inference, so it is not used and its "
+                       "accuracy cost was not measured in the paper table; `python -m bench.paper_table --autocast bf16` "
+                       "runs that check where bf16 is fast (a GPU).")
+        else:
+            out.append("bf16 autocast is faster here for at least one side; check its accuracy cost with "
+                       "`python -m bench.paper_table --autocast bf16 --docs-dir <another folder>` before using it.")
         tk = sp["tokenization"]
         out.append("")
         out.append(f"Tokenization cache: tokenizing all of `{data['task']}` ({tk['examples']:,} examples, three splits) takes "
