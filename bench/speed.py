@@ -285,17 +285,6 @@ def wait_job(job_id: str, poll: float = 0.2, timeout: float = 3600) -> dict:
     raise RuntimeError(f"job {job_id} did not finish in {timeout} s")
 
 
-def write_task_files(ds, folder: Path) -> dict[str, Path]:
-    """Write a (capped) dataset's splits as JSONL files, so both sides read the same bytes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, examples in (("train", ds.train), ("validation", ds.validation), ("test", ds.test)):
-        path = folder / f"{split}.jsonl"
-        path.write_text("".join(json.dumps({"text": ex.text, "label": ex.label}) + "\n" for ex in examples), encoding="utf-8")
-        out[split] = path
-    return out
-
-
 def submit_and_wait(files: dict[str, Path], name: str, method_cfg, train_cfg) -> tuple[float, dict]:
     """Seconds from calling `submit_task` to the job's `finished_at` in the catalogue (succeeded).
 
@@ -349,7 +338,7 @@ def section_service(args, backbone, ds, work: Path) -> dict:
     from streamlearn.training import TrainConfig
 
     capped = task_data.load(args.data_dir, args.task, args.service_train_cap, args.service_eval_cap, args.service_eval_cap)
-    files = write_task_files(capped, work / "task")
+    files = task_data.write_files(capped, work / "task")
     method_cfg = MethodConfig(method="adapter")
     train_cfg = TrainConfig(epochs=args.service_epochs, max_length=args.max_length, batch_size=args.batch_size)
     modes = [("embedded", None)] + ([("redis", args.redis_url)] if args.redis_url else [])
@@ -405,7 +394,7 @@ def section_residency(args, backbone, ds, work: Path) -> dict:
     from streamlearn.training import TrainConfig
 
     capped = task_data.load(args.data_dir, args.task, args.service_train_cap, args.service_eval_cap, args.service_eval_cap)
-    files = write_task_files(capped, work / "task")
+    files = task_data.write_files(capped, work / "task")
     method_cfg = MethodConfig(method="adapter")
     train_cfg = TrainConfig(epochs=args.service_epochs, max_length=args.max_length, batch_size=args.batch_size)
     env = env_for(work / "home-residency", args.backbone, args.device)

@@ -100,7 +100,7 @@ def run(args, argv: list[str], json_path: Path) -> dict:
         data["backbone"] = {k: info[k] for k in ("name", "fingerprint", "layers", "hidden", "params", "bytes")}
         for t, name in enumerate(names, 1):
             ds = task_data.load(args.data_dir, name, args.train_cap, args.val_cap, args.test_cap, seed=0)
-            files = _write(ds, work / name)
+            files = task_data.write_files(ds, work / name)
             t0 = time.perf_counter()
             sub = json.loads(cli(env, "submit-task", str(files["train"]), "--name", name, "--validation", str(files["validation"]),
                                  "--test", str(files["test"]), "--method", args.method, "--epochs", str(args.epochs),
@@ -147,16 +147,6 @@ def _device(setting: str | None, threads: int = 0):
         torch.set_num_threads(threads)  # so the machine line states what the worker used
 
     return resolve_device(setting)
-
-
-def _write(ds, folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, examples in (("train", ds.train), ("validation", ds.validation), ("test", ds.test)):
-        path = folder / f"{split}.jsonl"
-        path.write_text("".join(json.dumps({"text": ex.text, "label": ex.label}) + "\n" for ex in examples), encoding="utf-8")
-        out[split] = path
-    return out
 
 
 def _save(data: dict, path: Path) -> None:

@@ -6,6 +6,7 @@ A task is a folder holding `train.jsonl`, `validation.jsonl` and `test.jsonl` (s
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -83,3 +84,14 @@ def load(data_dir: str | Path, task: str, train_cap: int = 0, val_cap: int = 0, 
         ds = ds.capped(train_cap, seed=seed)
     return Dataset(ds.train, stratified(ds.validation, val_cap, seed), stratified(ds.test, test_cap, seed),
                    ds.labels, dict(ds.files))
+
+
+def write_files(ds, folder: Path) -> dict[str, Path]:
+    """Write a (capped) dataset's splits as JSONL files, so every side of a comparison reads the same bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, examples in (("train", ds.train), ("validation", ds.validation), ("test", ds.test)):
+        path = folder / f"{split}.jsonl"
+        path.write_text("".join(json.dumps({"text": ex.text, "label": ex.label}) + "\n" for ex in examples), encoding="utf-8")
+        out[split] = path
+    return out

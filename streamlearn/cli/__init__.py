@@ -32,6 +32,26 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+def echo_json(obj) -> None:
+    """Print `obj` as indented JSON on stdout (the `--json` output of every command)."""
+    import json
+
+    click.echo(json.dumps(obj, indent=2))
+
+
+def make_console(stderr: bool = False, wide: bool = False):
+    """A rich console; `wide` gives piped output a 160-column page.
+
+    Piped output (a file, `less`, a test runner) has no width, and rich would squeeze tables into
+    80 columns and cut names; a terminal keeps its real width.
+    """
+    from rich.console import Console
+
+    if wide and not sys.stdout.isatty():
+        return Console(stderr=stderr, width=160)
+    return Console(stderr=stderr)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="streamlearn")

@@ -6,29 +6,14 @@ nor matplotlib unless asked to plot, and print URLs with their passwords masked.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
-from streamlearn.cli import main
+from streamlearn.cli import echo_json, main, make_console
 from streamlearn.settings import mask_url
 
 EMPTY_HINT = "Submit one with `streamlearn submit-task DATA.jsonl`, or try `streamlearn demo`."
-
-
-def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2))
-
-
-def _console():
-    import sys
-
-    from rich.console import Console
-
-    # Piped output (a file, `less`, a test runner) has no width; rich would squeeze tables into 80
-    # columns and cut task names. Use a wide page there, the real width on a terminal.
-    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _number(value: int | None) -> str:
@@ -56,9 +41,9 @@ def tasks_command(as_json: bool) -> None:
     with session_scope(readonly=True) as s:
         rows = task_table(s)
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
-    console = _console()
+    console = make_console(wide=True)
     if not rows:
         console.print(f"No tasks in the catalogue yet. {EMPTY_HINT}")
         return
@@ -108,9 +93,9 @@ def storage_command(as_json: bool, plot_file: str | None) -> None:
     if as_json:
         if plot_file and not report["tasks"]:
             click.echo("No stored artifacts yet: no plot written.", err=True)
-        _echo_json(report)
+        echo_json(report)
         return
-    console = _console()
+    console = make_console(wide=True)
     if not report["tasks"]:
         console.print(f"No stored artifacts yet, so nothing to report{' or plot' if plot_file else ''}. {EMPTY_HINT}")
         return

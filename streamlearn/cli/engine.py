@@ -6,18 +6,88 @@ read-only commands of the other CLI modules stay instant.
 
 from __future__ import annotations
 
-import json
+import inspect
 from pathlib import Path
 
 import click
 
-from streamlearn.cli import main
+from streamlearn.cli import echo_json, main, make_console
 from streamlearn.errors import InvalidConfig
 
 BACKBONE_HELP = (
     "Backbone model directory (BERT, RoBERTa or DistilBERT layout). "
     "Default: $STREAMLEARN_BACKBONE, else the packaged all-MiniLM-L6-v2."
 )
+
+
+DATA_LIMITS = """\b
+Limits (an input over one is refused with FILE:LINE: field 'NAME': reason, exit code 2):
+  classes        2 to 1000 (--max-classes)
+  line length    1,000,000 bytes (--max-line-bytes), measured after gunzip
+  encoding       UTF-8 (a BOM and CRLF line ends are fine); .jsonl.gz is read as gzip
+  text           a non-empty string; C0 control characters other than tab/newline/CR are
+                 removed, and a text empty after that is refused
+  labels         strings or integers (not floats, booleans, null or nested), one type per file
+  validation/test  labels must occur in DATA; text_pair on every line of every file or on none"""
+"""The dataset limits every command that reads a dataset states in its --help."""
+
+
+def with_data_limits(*extra_lines: str):
+    """Append DATA_LIMITS (and `extra_lines`, indented like it) to a command's docstring.
+
+    Put it innermost (right above `def`), so click reads the completed docstring.
+    """
+
+    def decorate(func):
+        extra = "".join(f"\n  {line}" for line in extra_lines)
+        func.__doc__ = f"{inspect.cleandoc(func.__doc__ or '')}\n\n{DATA_LIMITS}{extra}"
+        return func
+
+    return decorate
+
+
+def training_options(func):
+    """The training flags shared by `train` and `submit-task`."""
+    options = [
+        click.option("--method", type=click.Choice(["adapter", "full", "top-k", "layernorm"]), default="adapter",
+                     show_default=True,
+                     help="adapter: Houlsby adapters + LayerNorms + head; full: every weight (on a copy); "
+                          "top-k: the top K layers + head; layernorm: LayerNorms + head."),
+        click.option("--adapter-size", type=click.IntRange(1, 8192), default=64, show_default=True,
+                     help="Adapter bottleneck width m."),
+        click.option("--top-k", type=click.IntRange(1, None), default=1, show_default=True,
+                     help="Layers fine-tuned by --method top-k (at most L)."),
+        click.option("--sigma", type=click.FloatRange(0, 1, min_open=True), default=1e-2, show_default=True,
+                     help="Std of the adapters' truncated-normal init."),
+        click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean", show_default=True,
+                     help="Head pooling over token states."),
+        click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True,
+                     help="Passes over the training set."),
+        click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="Peak learning rate. Default per method: adapter 1e-3, layernorm 1e-3, top-k 1e-4, full 3e-5."),
+        click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
+                     help="Examples per step."),
+        click.option("--max-length", type=click.IntRange(2, None), default=128, show_default=True,
+                     help="Tokens per example after truncation (at most the backbone's position limit, 512 for MiniLM)."),
+        click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True,
+                     help="Seed of init, shuffling, dropout and the carved validation split."),
+        click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+                     help="Fraction of steps warming the learning rate up linearly."),
+        click.option("--weight-decay", type=click.FloatRange(0, None), default=0.0, show_default=True,
+                     help="AdamW decoupled weight decay."),
+        click.option("--max-grad-norm", type=click.FloatRange(0, None), default=1.0, show_default=True,
+                     help="Clip gradients to this global norm (0: no clipping)."),
+        click.option("--text-field", default="text", show_default=True, help="JSON field holding the text."),
+        click.option("--label-field", default="label", show_default=True,
+                     help="JSON field holding the label (string or integer)."),
+        click.option("--max-classes", type=click.IntRange(2, None), default=1000, show_default=True,
+                     help="Most distinct labels a task may have."),
+        click.option("--max-line-bytes", type=click.IntRange(16, None), default=1_000_000, show_default=True,
+                     help="Longest accepted line, in bytes (after gunzip)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def backbone_option(func):
@@ -27,61 +97,29 @@ def backbone_option(func):
     )(func)
 
 
-def _echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False))
-
-
 @main.command("train")
 # Unchecked paths (readable=False only turns click's check off): data.py checks them, so a
 # directory or an unreadable file gets the one-line error of every other bad input.
 @click.argument("data", type=click.Path(readable=False))
 @click.option("--validation", type=click.Path(readable=False), help="Validation JSONL. Default: a seeded, stratified 10% of DATA.")
 @click.option("--test", "test_file", type=click.Path(readable=False), help="Test JSONL (optional); reported for the best epoch.")
-@click.option("--method", type=click.Choice(["adapter", "full", "top-k", "layernorm"]), default="adapter", show_default=True,
-              help="adapter: Houlsby adapters + LayerNorms + head; full: every weight (on a copy); "
-                   "top-k: the top K layers + head; layernorm: LayerNorms + head.")
-@click.option("--adapter-size", type=click.IntRange(1, 8192), default=64, show_default=True, help="Adapter bottleneck width m.")
-@click.option("--top-k", type=click.IntRange(1, None), default=1, show_default=True, help="Layers fine-tuned by --method top-k (at most L).")
-@click.option("--sigma", type=click.FloatRange(0, 1, min_open=True), default=1e-2, show_default=True, help="Std of the adapters' truncated-normal init.")
-@click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean", show_default=True, help="Head pooling over token states.")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True, help="Passes over the training set.")
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Peak learning rate. Default per method: adapter 1e-3, layernorm 1e-3, top-k 1e-4, full 3e-5.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True, help="Examples per step.")
-@click.option("--max-length", type=click.IntRange(2, None), default=128, show_default=True,
-              help="Tokens per example after truncation (at most the backbone's position limit, 512 for MiniLM).")
-@click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True, help="Seed of init, shuffling, dropout and the carved split.")
-@click.option("--text-field", default="text", show_default=True, help="JSON field holding the text.")
-@click.option("--label-field", default="label", show_default=True, help="JSON field holding the label (string or integer).")
-@click.option("--max-classes", type=click.IntRange(2, None), default=1000, show_default=True,
-              help="Most distinct labels a task may have.")
-@click.option("--max-line-bytes", type=click.IntRange(16, None), default=1_000_000, show_default=True,
-              help="Longest accepted line, in bytes (after gunzip).")
+@training_options
 @click.option("--train-cap", type=click.IntRange(2, None), default=None, help="Train on a seeded, stratified subset of at most N examples.")
 @backbone_option
 @click.option("--output", type=click.Path(file_okay=False), default="artifacts", show_default=True,
               help="Folder for the artifact: <name>-<method>.safetensors + .json sidecar, where <name> is DATA's "
                    "stem (its folder's name for a file called train.jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table; no progress bar.")
+@with_data_limits()
 def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr, batch_size,
-                  max_length, seed, text_field, label_field, max_classes, max_line_bytes, train_cap, backbone_dir, output,
-                  as_json) -> None:
+                  max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field, max_classes,
+                  max_line_bytes, train_cap, backbone_dir, output, as_json) -> None:
     """Train one task in this process (no queue, no catalogue) and write its artifact.
 
     DATA is a JSONL (or .jsonl.gz) file with one {"text": ..., "label": ...} object per line, and
     optionally "text_pair" on every line for sentence-pair tasks. Labels may be strings or integers
     (one type per file). Every line is validated before training starts; nothing is written when a
     file is invalid. Device: $STREAMLEARN_DEVICE (auto = CUDA when present).
-
-    \b
-    Limits (an input over one is refused with FILE:LINE: field 'NAME': reason, exit code 2):
-      classes        2 to 1000 (--max-classes)
-      line length    1,000,000 bytes (--max-line-bytes), measured after gunzip
-      encoding       UTF-8 (a BOM and CRLF line ends are fine); .jsonl.gz is read as gzip
-      text           a non-empty string; C0 control characters other than tab/newline/CR are
-                     removed, and a text empty after that is refused
-      labels         strings or integers (not floats, booleans, null or nested), one type per file
-      validation/test  labels must occur in DATA; text_pair on every line of every file or on none
     """
     from streamlearn.data import DataSpec, load_dataset
 
@@ -94,11 +132,12 @@ def train_command(data, validation, test_file, method, adapter_size, top_k, sigm
     from streamlearn.training import TrainConfig
 
     method_cfg = MethodConfig(method=method, adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling)
-    train_cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed)
+    train_cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
+                            warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
     target = Path(output) / f"{_task_name(Path(data))}-{method}.safetensors"
     summary = run_train(dataset, method_cfg, train_cfg, backbone_dir, target, show_progress=not as_json)
     if as_json:
-        _echo_json(summary)
+        echo_json(summary)
     else:
         _render_summary(summary)
 
@@ -122,7 +161,7 @@ def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: 
 
         columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
-        with Progress(*columns, console=_stderr_console(), transient=True) as bar:
+        with Progress(*columns, console=make_console(stderr=True), transient=True) as bar:
             task_id = bar.add_task("train", total=None, epoch=1, loss=float("nan"))
 
             def on_progress(epoch: int, step: int, total: int, loss: float) -> None:
@@ -150,12 +189,6 @@ def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: 
     }
 
 
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
 def _render_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -179,7 +212,7 @@ def backbone_command(backbone_dir, as_json) -> None:
 
     info = dataclasses.asdict(load_backbone(backbone_dir, device="cpu").info)
     if as_json:
-        _echo_json(info)
+        echo_json(info)
     else:
         _render_summary(info)
 
@@ -218,7 +251,7 @@ def predict_rows(artifact: str | Path, texts: list[str], input_file: str | None,
 def render_predictions(result: dict, as_json: bool) -> None:
     """Print `predict_rows` output as JSON or as a table."""
     if as_json:
-        _echo_json(result)
+        echo_json(result)
         return
     from rich.console import Console
     from rich.table import Table

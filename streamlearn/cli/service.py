@@ -10,8 +10,9 @@ import functools
 
 import click
 
-from streamlearn.cli import main
-from streamlearn.cli.sweep import render_trials, sweep_options, wait_for_sweep
+from streamlearn.cli import echo_json, main, make_console
+from streamlearn.cli.engine import training_options, with_data_limits
+from streamlearn.cli.sweep import TERMINAL, render_trials, sweep_options, wait_for_sweep
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -67,63 +68,6 @@ def worker(concurrency: int, queues: str | None, loglevel: str, pool: str) -> No
     ])
 
 
-TERMINAL = ("succeeded", "failed")
-
-
-def _echo_json(obj) -> None:
-    import json
-
-    click.echo(json.dumps(obj, indent=2))
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr)
-
-
-def training_options(func):
-    """The training flags of `train`, shared by `submit-task`."""
-    options = [
-        click.option("--method", type=click.Choice(["adapter", "full", "top-k", "layernorm"]), default="adapter",
-                     show_default=True, help="Which tensors train (see `streamlearn train --help`)."),
-        click.option("--adapter-size", type=click.IntRange(1, 8192), default=64, show_default=True,
-                     help="Adapter bottleneck width m."),
-        click.option("--top-k", type=click.IntRange(1, None), default=1, show_default=True,
-                     help="Layers fine-tuned by --method top-k."),
-        click.option("--sigma", type=click.FloatRange(0, 1, min_open=True), default=1e-2, show_default=True,
-                     help="Std of the adapters' truncated-normal init."),
-        click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean", show_default=True,
-                     help="Head pooling over token states."),
-        click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True,
-                     help="Passes over the training set."),
-        click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-                     help="Peak learning rate. Default per method: adapter 1e-3, layernorm 1e-3, top-k 1e-4, full 3e-5."),
-        click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
-                     help="Examples per step."),
-        click.option("--max-length", type=click.IntRange(2, None), default=128, show_default=True,
-                     help="Tokens per example after truncation (at most the backbone's limit, 512 for MiniLM)."),
-        click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True,
-                     help="Seed of init, shuffling, dropout and the carved validation split."),
-        click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
-                     help="Fraction of steps warming the learning rate up linearly."),
-        click.option("--weight-decay", type=click.FloatRange(0, None), default=0.0, show_default=True,
-                     help="AdamW decoupled weight decay."),
-        click.option("--max-grad-norm", type=click.FloatRange(0, None), default=1.0, show_default=True,
-                     help="Clip gradients to this global norm (0: no clipping)."),
-        click.option("--text-field", default="text", show_default=True, help="JSON field holding the text."),
-        click.option("--label-field", default="label", show_default=True,
-                     help="JSON field holding the label (string or integer)."),
-        click.option("--max-classes", type=click.IntRange(2, None), default=1000, show_default=True,
-                     help="Most distinct labels a task may have."),
-        click.option("--max-line-bytes", type=click.IntRange(16, None), default=1_000_000, show_default=True,
-                     help="Longest accepted line, in bytes."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
 @main.command("submit-task")
 # Unchecked paths (readable=False only turns click's check off): data.py checks them, so a
 # directory or an unreadable file gets the one-line error of every other bad input.
@@ -136,6 +80,7 @@ def training_options(func):
 @click.option("--force", is_flag=True, help="Train again even if an identical job exists.")
 @click.option("--wait", is_flag=True, help="Show live progress until the job ends, then its result.")
 @click.option("--json", "as_json", is_flag=True, help="Print {job_id, task, status} as JSON (and trials: [ids] for a sweep).")
+@with_data_limits("task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit")
 def submit_task_command(data, name, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr,
                         batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field,
                         max_classes, max_line_bytes, sweep_name, grid, seeds, prefer_smaller, force, wait,
@@ -154,19 +99,7 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
     of its own, so N workers train N trials at once. When the last trial ends, the best on
     validation is kept (a tie goes to the smaller artifact; --prefer-smaller EPS keeps the smallest
     within EPS of the best) and the other trials' artifacts are deleted. A grid key overrides its
-    flag (m: --adapter-size, lr: --lr, epochs: --epochs); `status JOB` shows the trials.
-
-    \b
-    Limits (an input over one is refused with FILE:LINE: field 'NAME': reason, exit code 2):
-      classes        2 to 1000 (--max-classes)
-      line length    1,000,000 bytes (--max-line-bytes), measured after gunzip
-      encoding       UTF-8 (a BOM and CRLF line ends are fine); .jsonl.gz is read as gzip
-      text           a non-empty string; C0 control characters other than tab/newline/CR are
-                     removed, and a text empty after that is refused
-      labels         strings or integers (not floats, booleans, null or nested), one type per file
-      validation/test  labels must occur in DATA; text_pair on every line of every file or on none
-      task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit
-    """
+    flag (m: --adapter-size, lr: --lr, epochs: --epochs); `status JOB` shows the trials.    """
     from streamlearn import jobs, sweep, trials
     from streamlearn.data import DataSpec
 
@@ -200,7 +133,7 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
             render_trials(info)
     if as_json:
         out = {"job_id": submission.job_id, "task": submission.task, "status": status}
-        _echo_json(out if trial_ids is None else {**out, "trials": trial_ids})
+        echo_json(out if trial_ids is None else {**out, "trials": trial_ids})
     elif wait:
         _print_task_row(submission.task)
     if wait and status == "failed":
@@ -235,7 +168,7 @@ def wait_for_job(job_id: str, show: bool = True, poll: float = 0.5) -> dict:
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
-    with Progress(*columns, console=_console(stderr=True)) as bar:
+    with Progress(*columns, console=make_console(stderr=True)) as bar:
         info = _job(job_id)
         row = bar.add_task(f"{info['task']}", total=None, detail="")
         while True:
@@ -275,7 +208,7 @@ def _print_task_row(task: str) -> None:
     table.add_row(r["task"], r["status"] or "-", r["method"] or "-", acc(r["val_accuracy"]), acc(r["test_accuracy"]),
                   "-" if r["stored_params"] is None else f"{r['stored_params']:,}",
                   "-" if r["bytes"] is None else f"{r['bytes']:,}", (r["sha256"] or "-")[:12])
-    _console().print(table)
+    make_console().print(table)
 
 
 STATUS_KEYS = ("job_id", "task", "status", "progress", "error", "attempts", "worker")
@@ -292,7 +225,7 @@ def status_command(job_id: str, watch: bool, as_json: bool) -> None:
     if watch and info["status"] not in TERMINAL:
         info = wait_for_job(info["job_id"], show=not as_json)
     if as_json:
-        _echo_json(info)
+        echo_json(info)
         return
     _render_status(info)
     if "trials" in info:
@@ -302,7 +235,7 @@ def status_command(job_id: str, watch: bool, as_json: bool) -> None:
 def _render_status(info: dict) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = make_console()
     table = Table(show_header=False, box=None)
     p = info["progress"]
     progress = "-" if p["step"] is None else (
@@ -340,9 +273,9 @@ def jobs_command(status: str | None, as_json: bool) -> None:
         rows = list_jobs(s, status)
         warning = idle_queue_warning(s)
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
-    console = _console()
+    console = make_console()
     if not rows:
         console.print("No jobs" + (f" with status {status}" if status else "") + ". Submit one with "
                       "`streamlearn submit-task DATA.jsonl`, or try `streamlearn demo`.")
@@ -376,7 +309,7 @@ def evaluate_command(task: str | None, all_tasks: bool, as_json: bool) -> None:
 
     rows = reevaluate(None if all_tasks else task)
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
     else:
         from rich.table import Table
 
@@ -385,7 +318,7 @@ def evaluate_command(task: str | None, all_tasks: bool, as_json: bool) -> None:
             table.add_row(r["task"], r["split"], str(r["examples"]), f"{r['accuracy']:.4f}",
                           f"{r['catalogue_accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['catalogue_macro_f1']:.4f}",
                           f"{r['drift']:.2g}")
-        console = _console()
+        console = make_console()
         console.print(table)
         worst = max((r["drift"] for r in rows), default=0.0)
         console.print(f"{len(rows)} task(s) re-evaluated; largest drift {worst:.2g}"

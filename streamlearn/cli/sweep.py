@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import click
 
+from streamlearn.cli import make_console
+
 TERMINAL = ("succeeded", "failed")
 
 
@@ -48,13 +50,6 @@ def _progress(trial: dict) -> str:
     return f"{p['step']}/{p['total_steps']} (epoch {p['epoch']})"
 
 
-def _wide_console():
-    import sys
-
-    from rich.console import Console
-
-    # Piped output has no width and rich would fold the hyperparameters column: use a wide page.
-    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def render_trials(info: dict, console=None) -> None:
@@ -76,7 +71,7 @@ def render_trials(info: dict, console=None) -> None:
     for i, t in enumerate(trials, 1):
         table.add_row(str(i), t["job_id"][:8], t["status"], label(t["hyperparameters"]), _progress(t),
                       _acc(t["val_accuracy"]), t["worker"] or "-", "✓" if t["chosen"] else "")
-    console = console or _wide_console()
+    console = console or make_console(wide=True)
     console.print(table)
     winner = next((t for t in trials if t["chosen"]), None)
     if winner is not None:

@@ -63,3 +63,20 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def task_files(folder: Path, name: str, seed: int, train_rows: int = 64, validation_rows: int = 16) -> list[str]:
+    """Write a tiny task's train/validation/test files; return the submit-task arguments for them."""
+    from conftest import tiny_rows, write_jsonl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train = write_jsonl(folder / f"{name}.jsonl", tiny_rows(train_rows, seed=seed))
+    validation = write_jsonl(folder / f"{name}.validation.jsonl", tiny_rows(validation_rows, seed=seed + 100))
+    test = write_jsonl(folder / f"{name}.test.jsonl", tiny_rows(16, seed=seed + 200))
+    return [str(train), "--validation", str(validation), "--test", str(test)]
+
+
+def artifact_files(env: dict[str, str], task: str) -> list[str]:
+    """Names of the files in a task's artifact folder (empty when it has none)."""
+    root = Path(env.get("STREAMLEARN_ARTIFACTS") or Path(env["STREAMLEARN_HOME"]) / "artifacts") / "tasks" / task
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []

@@ -7,38 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_rows, write_jsonl
 from integration.service_helpers import (
+    artifact_files,
     catalogue_url,
     cli_json,
     closed_port,
     ended,
     job_state,
     run_cli,
+    task_files,
     wait_for,
 )
 
 pytestmark = pytest.mark.integration
 
 
-def _task_files(folder: Path, name: str, seed: int, train_rows: int = 64) -> list[str]:
-    """Write a tiny task's train/validation/test files; return the submit-task arguments for them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    train = write_jsonl(folder / f"{name}.jsonl", tiny_rows(train_rows, seed=seed))
-    validation = write_jsonl(folder / f"{name}.validation.jsonl", tiny_rows(16, seed=seed + 100))
-    test = write_jsonl(folder / f"{name}.test.jsonl", tiny_rows(16, seed=seed + 200))
-    return [str(train), "--validation", str(validation), "--test", str(test)]
-
-
-def _artifact_files(env: dict[str, str], task: str) -> list[str]:
-    root = Path(env.get("STREAMLEARN_ARTIFACTS") or Path(env["STREAMLEARN_HOME"]) / "artifacts") / "tasks" / task
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
-
-
 def _submit_and_use(env, workers, tmp_path):
     """Submit one task to a running worker, wait for success, and check tasks/storage/predict/status."""
     workers.start(env)
-    submitted = cli_json(env, "submit-task", *_task_files(tmp_path / "data", "tiny", seed=1), "--epochs", "3")
+    submitted = cli_json(env, "submit-task", *task_files(tmp_path / "data", "tiny", seed=1), "--epochs", "3")
     assert submitted["task"] == "tiny" and submitted["status"] == "queued"
     state = wait_for(env, submitted["job_id"], ended, 90, workers, "an end")
     assert state["status"] == "succeeded", state["error"]
@@ -51,7 +38,7 @@ def _submit_and_use(env, workers, tmp_path):
 
     [row] = cli_json(env, "tasks")
     assert row["task"] == "tiny" and row["status"] == "succeeded" and row["artifact_job_id"] == submitted["job_id"]
-    files = _artifact_files(env, "tiny")
+    files = artifact_files(env, "tiny")
     assert files == [f"{submitted['job_id']}.json", f"{submitted['job_id']}.safetensors"]
 
     storage = cli_json(env, "storage")
@@ -82,7 +69,7 @@ def test_worker_killed_mid_training_job_succeeds_once_on_next_worker(mode, servi
     """SIGKILL the worker mid-training, start another: one succeeded row, one artifact, the attempt counted."""
     env = service_env if mode == "embedded" else request.getfixturevalue("scale_env")
     first = workers.start(env)
-    submitted = cli_json(env, "submit-task", *_task_files(tmp_path / "data", "slow", seed=5), "--epochs", "400")
+    submitted = cli_json(env, "submit-task", *task_files(tmp_path / "data", "slow", seed=5), "--epochs", "400")
     running = wait_for(env, submitted["job_id"], lambda s: s["status"] == "running" and (s["progress"]["step"] or 0) > 4,
                        90, workers, "running with progress")
     assert running["worker"].endswith(f":{first.pid}")
@@ -94,7 +81,7 @@ def test_worker_killed_mid_training_job_succeeds_once_on_next_worker(mode, servi
     assert state["status"] == "succeeded", state["error"]
     assert state["worker"].endswith(f":{second.pid}")
     assert state["attempts"] >= 1
-    assert _artifact_files(env, "slow") == [f"{submitted['job_id']}.json", f"{submitted['job_id']}.safetensors"]
+    assert artifact_files(env, "slow") == [f"{submitted['job_id']}.json", f"{submitted['job_id']}.safetensors"]
 
     from sqlalchemy import func, select
 
@@ -114,7 +101,7 @@ def test_broker_down_submit_fails_fast_and_leaves_no_queued_job(service_env, tmp
     url = f"redis://127.0.0.1:{closed_port()}/0"
     env = {**service_env, "STREAMLEARN_BROKER_URL": url}
     started = time.monotonic()
-    result = run_cli(env, "submit-task", *_task_files(tmp_path / "data", "tiny", seed=1))
+    result = run_cli(env, "submit-task", *task_files(tmp_path / "data", "tiny", seed=1))
     elapsed = time.monotonic() - started
     assert result.returncode == 2, result.stderr
     assert elapsed < 5, f"took {elapsed:.1f} s"
@@ -126,7 +113,7 @@ def test_broker_down_submit_fails_fast_and_leaves_no_queued_job(service_env, tmp
 
 def test_identical_resubmit_returns_the_same_job(service_env, tmp_path):
     """Submitting the same files, name and flags again returns the first job; --force makes a new one."""
-    args = ["submit-task", *_task_files(tmp_path / "data", "tiny", seed=1), "--epochs", "2"]
+    args = ["submit-task", *task_files(tmp_path / "data", "tiny", seed=1), "--epochs", "2"]
     first = cli_json(service_env, *args)
     again = cli_json(service_env, *args)
     assert again == first
@@ -139,7 +126,7 @@ def test_identical_resubmit_returns_the_same_job(service_env, tmp_path):
 def test_evaluate_all_after_three_tasks_reports_zero_drift(service_env, workers, tmp_path):
     """After three tasks, re-evaluating every stored artifact on its test set matches the catalogue exactly."""
     workers.start(service_env)
-    ids = [cli_json(service_env, "submit-task", *_task_files(tmp_path / "data", f"task{i}", seed=10 * i),
+    ids = [cli_json(service_env, "submit-task", *task_files(tmp_path / "data", f"task{i}", seed=10 * i),
                     "--epochs", "2")["job_id"] for i in range(3)]
     for job_id in ids:
         assert wait_for(service_env, job_id, ended, 120, workers, "an end")["status"] == "succeeded"

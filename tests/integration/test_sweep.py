@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from conftest import tiny_rows, write_jsonl
-from integration.service_helpers import catalogue_url, cli_json, ended, job_state, run_cli, wait_for
+from integration.service_helpers import (
+    artifact_files,
+    catalogue_url,
+    cli_json,
+    ended,
+    job_state,
+    run_cli,
+    task_files,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def _task_files(folder: Path, name: str, seed: int, train_rows: int = 64) -> list[str]:
-    """Write a tiny task's train/validation/test files; return the submit-task arguments for them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    train = write_jsonl(folder / f"{name}.jsonl", tiny_rows(train_rows, seed=seed))
-    validation = write_jsonl(folder / f"{name}.validation.jsonl", tiny_rows(32, seed=seed + 100))
-    test = write_jsonl(folder / f"{name}.test.jsonl", tiny_rows(16, seed=seed + 200))
-    return [str(train), "--validation", str(validation), "--test", str(test)]
-
-
-def _artifact_files(env: dict[str, str], task: str) -> list[str]:
-    root = Path(env.get("STREAMLEARN_ARTIFACTS") or Path(env["STREAMLEARN_HOME"]) / "artifacts") / "tasks" / task
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
 
 def _start_workers(workers, env: dict[str, str], n: int = 2, timeout: float = 90) -> list:
@@ -58,7 +51,7 @@ def test_sweep_trials_run_on_both_workers_and_only_the_winner_remains(mode, serv
     """Four trials spread over two workers; the best on validation is chosen, and only its artifact is left."""
     env = service_env if mode == "embedded" else request.getfixturevalue("scale_env")
     procs = _start_workers(workers, env)
-    submitted = cli_json(env, "submit-task", *_task_files(tmp_path / "data", "tiny", seed=1, train_rows=128),
+    submitted = cli_json(env, "submit-task", *task_files(tmp_path / "data", "tiny", seed=1, validation_rows=32, train_rows=128),
                          "--grid", "m=4,16;lr=1e-3,1e-2", "--epochs", "4")
     assert submitted["status"] == "queued" and len(submitted["trials"]) == 4
     state = wait_for(env, submitted["job_id"], ended, 240, workers, "an end")
@@ -73,7 +66,7 @@ def test_sweep_trials_run_on_both_workers_and_only_the_winner_remains(mode, serv
     assert winner["val_accuracy"] == top
     assert _m(winner) == min(_m(t) for t in trials if t["val_accuracy"] == top)  # a tie goes to fewer bytes
 
-    assert _artifact_files(env, "tiny") == [f"{winner['job_id']}.json", f"{winner['job_id']}.safetensors"]
+    assert artifact_files(env, "tiny") == [f"{winner['job_id']}.json", f"{winner['job_id']}.safetensors"]
     assert _catalogue_counts(env) == (1, 1)
     [row] = cli_json(env, "tasks")
     assert row["artifact_job_id"] == winner["job_id"] and row["job_id"] == submitted["job_id"]
@@ -87,7 +80,7 @@ def test_sweep_trials_run_on_both_workers_and_only_the_winner_remains(mode, serv
 def test_prefer_smaller_keeps_the_smallest_adapter_end_to_end(service_env, workers, tmp_path):
     """With --prefer-smaller 0.99 every trial is within reach of the best, so the smallest m is kept."""
     _start_workers(workers, service_env)
-    submitted = cli_json(service_env, "submit-task", *_task_files(tmp_path / "data", "small", seed=2),
+    submitted = cli_json(service_env, "submit-task", *task_files(tmp_path / "data", "small", seed=2, validation_rows=32),
                          "--grid", "m=2,48", "--epochs", "3", "--prefer-smaller", "0.99")
     state = wait_for(service_env, submitted["job_id"], ended, 180, workers, "an end")
     assert state["status"] == "succeeded", state["error"]
@@ -96,13 +89,13 @@ def test_prefer_smaller_keeps_the_smallest_adapter_end_to_end(service_env, worke
     assert state["hyperparameters"]["sweep"]["prefer_smaller"] == 0.99
     [row] = cli_json(service_env, "tasks")
     assert (row["adapter_size"], row["artifact_job_id"]) == (2, winner["job_id"])
-    assert _artifact_files(service_env, "small") == [f"{winner['job_id']}.json", f"{winner['job_id']}.safetensors"]
+    assert artifact_files(service_env, "small") == [f"{winner['job_id']}.json", f"{winner['job_id']}.safetensors"]
 
 
 def test_sigkilled_trial_is_recovered_and_the_sweep_completes(service_env, workers, tmp_path):
     """SIGKILL the worker of a running trial: the other worker re-runs it, and the sweep ends with one winner."""
     first, second = _start_workers(workers, service_env)
-    submitted = cli_json(service_env, "submit-task", *_task_files(tmp_path / "data", "crash", seed=3),
+    submitted = cli_json(service_env, "submit-task", *task_files(tmp_path / "data", "crash", seed=3, validation_rows=32),
                          "--grid", "m=4,8", "--epochs", "150")
     running = wait_for(
         service_env, submitted["job_id"],
@@ -120,5 +113,5 @@ def test_sigkilled_trial_is_recovered_and_the_sweep_completes(service_env, worke
     assert trials[victim["job_id"]]["worker"].endswith(f":{survivor.pid}")
     assert job_state(service_env, victim["job_id"])["attempts"] >= 1
     [winner] = [t for t in trials.values() if t["chosen"]]
-    assert _artifact_files(service_env, "crash") == [f"{winner['job_id']}.json", f"{winner['job_id']}.safetensors"]
+    assert artifact_files(service_env, "crash") == [f"{winner['job_id']}.json", f"{winner['job_id']}.safetensors"]
     assert _catalogue_counts(service_env) == (1, 1)
