@@ -36,11 +36,11 @@ CHECK_GRID = {
     "adapter": (3e-4, 1e-3, 3e-3, 1e-2),
     "layernorm": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
     "full": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
-    "top-k": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
+    "top-k": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
 }
 """Learning rates tried by `--lr-check` when no `--lr-grid` is given, in x3 steps from each method's default ÷3.
 The first check (default ÷3, ×1, ×3) chose the top of the grid for every method, so the grid was extended
-upwards, one x3 step at a time, until the top no longer won."""
+upwards, one x3 step at a time, until the top neither won nor tied (top-k's 3e-3 tied 1e-3, so 1e-2 was added)."""
 PAPER = {
     "glue": {"adapter": 80.0, "full": 80.4, "params_pct": 3.6},
     "17 tasks": {"adapter": 73.3, "full": 73.7, "params_pct": 1.14},
@@ -68,7 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--adapter-size", type=int, default=64)
     p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--seeds", default="0", help="Comma-separated seeds (default: 0).")
+    p.add_argument("--seeds", default="0", help="Comma-separated seeds of the full protocol, every rate (default: 0); "
+                                                "the first is the selection seed.")
+    p.add_argument("--repeat-seeds", default="", metavar="S,S,...",
+                   help="Extra seeds run only at the rate the selection seed chose on validation for each (task, method), "
+                        "so every seed is scored at one fixed, pre-chosen rate (default: none).")
     p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="Override one method's learning rate.")
     p.add_argument("--lr-grid", metavar="[METHOD=]LR,LR,...", action="append", default=[],
                    help="Learning rates to sweep (all methods, or one method with METHOD=); the best validation accuracy wins.")
@@ -88,6 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true", help="Only rebuild the documents from the JSON.")
     args = p.parse_args(argv)
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.repeat_list = [int(s) for s in args.repeat_seeds.split(",") if s.strip() and int(s) not in args.seed_list]
     args.lr_fixed = _parse_lr(args.lr, p)
     args.grid = _parse_grid(args.lr_grid, p)
     return args
@@ -180,12 +185,18 @@ def run_one(dataset, task: str, method: str, seed: int, lr: float, args, backbon
     with tempfile.TemporaryDirectory(prefix="paper_table-") as tmp:
         info = save(result, Path(tmp) / f"{task}-{method}.safetensors")
         header = safetensors_header_bytes(info.path)
+        stored = stored_shapes(info.path)
+    expected = expected_shapes(backbone, method_cfg, len(dataset.labels))
+    counts = _label_counts(dataset)
     return {
         "task": task, "method": method, "seed": seed, "lr": lr,
         "classes": len(dataset.labels),
         "examples": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)},
         "test_accuracy": result.test.accuracy, "test_macro_f1": result.test.macro_f1,
         "val_accuracy": result.val.accuracy, "val_macro_f1": result.val.macro_f1,
+        "collapsed": result.test.collapsed, "val_collapsed": result.val.collapsed, "test_label_counts": counts,
+        "tensors_match": stored == expected,
+        "tensors_mismatch": sorted(set(stored.items()) ^ set(expected.items()))[:10],
         "best_epoch": result.best_epoch, "history": result.metadata["metrics"]["history"],
         "trainable_params": result.trainable_params, "stored_params": result.stored_params,
         "backbone_params": result.backbone_params,
@@ -193,7 +204,77 @@ def run_one(dataset, task: str, method: str, seed: int, lr: float, args, backbon
         "bytes": info.bytes, "header_bytes": header,
         "train_examples_per_s": result.train_examples_per_s, "seconds": result.seconds,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **machine_info.provenance(),
     }
+
+
+def stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, read from a safetensors file's own header (`__metadata__` left out)."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def expected_shapes(backbone, method_cfg, classes: int) -> dict[str, tuple[int, ...]]:
+    """The tensors a method must store, by name and shape, derived from the backbone itself (Houlsby et al. 2019, Sec. 2-3).
+
+    adapter: two adapters per layer (down d->m, up m->d, with biases), every LayerNorm, the head;
+    layernorm: every LayerNorm and the head; top-k: the top k layers' weights and the head; full:
+    every backbone weight and the head. Independent of `TaskModules`, so a stored tensor too many
+    or too few, or one of the wrong shape, makes the comparison fail.
+    """
+    arch, n, d, m = backbone.arch, backbone.info.layers, backbone.info.hidden, method_cfg.adapter_size
+    out: dict[str, tuple[int, ...]] = {"head.weight": (classes, d), "head.bias": (classes,)}
+
+    def params(prefix: str, module) -> None:
+        out.update({f"{prefix}.{k}": tuple(p.shape) for k, p in module.named_parameters()})
+
+    if method_cfg.method == "adapter":
+        for i in range(2 * n):
+            out.update({f"adapters.{i}.down.weight": (m, d), f"adapters.{i}.down.bias": (m,),
+                        f"adapters.{i}.up.weight": (d, m), f"adapters.{i}.up.bias": (d,)})
+    if method_cfg.method in ("adapter", "layernorm"):
+        norms = [backbone.model.get_submodule(arch.embeddings_norm)]
+        for i in range(n):
+            norms += [backbone.layer(i).get_submodule(arch.attn_norm), backbone.layer(i).get_submodule(arch.ffn_norm)]
+        for j, norm in enumerate(norms):
+            params(f"norms.{j}", norm)
+    if method_cfg.method == "top-k":
+        for j, i in enumerate(range(n - method_cfg.top_k, n)):
+            params(f"layers.{j}", backbone.layer(i))
+    if method_cfg.method == "full":
+        params("encoder", backbone.model)
+    return out
+
+
+def run_collapsed(run: dict) -> bool:
+    """A run's collapsed flag (`streamlearn.training.collapsed` on its test split), recomputed for runs stored before it."""
+    if "collapsed" in run:
+        return bool(run["collapsed"])
+    from streamlearn.training import collapsed
+
+    return collapsed(run["test_macro_f1"], run["test_label_counts"])
+
+
+def backfill(data: dict, data_dir: str, args) -> None:
+    """Add the test split's class counts to runs stored before they were recorded (so `run_collapsed` can judge them)."""
+    counts: dict[str, list[int]] = {}
+    for run in data["runs"]:
+        if "collapsed" in run or "test_label_counts" in run:
+            continue
+        if run["task"] not in counts:
+            ds = task_data.load(data_dir, run["task"], args.train_cap, args.val_cap, args.test_cap, seed=0)
+            counts[run["task"]] = _label_counts(ds)
+        run["test_label_counts"] = counts[run["task"]]
+
+
+def _label_counts(dataset) -> list[int]:
+    """Examples per class on the test split, in label order (for the collapsed flag of `training.collapsed`)."""
+    counts = [0] * len(dataset.labels)
+    for ex in dataset.test:
+        counts[dataset.label_index(ex.label)] += 1
+    return counts
 
 
 def lrs_for(method: str, args, chosen: dict[str, tuple[float, ...]] | None, task: str) -> tuple[float, ...]:
@@ -229,7 +310,8 @@ def execute(args, store: ResultStore, backbone) -> None:
         names = [args.lr_check] + names
     order = ([args.lr_check] if args.lr_check else []) + [n for n in names if n != args.lr_check]
     placeholder = {k: (0.0,) * args.task_lrs for k in METHODS}
-    plan_total = sum(len(lrs_for(m, args, placeholder, t)) for t in order for m in args.methods) * len(args.seed_list)
+    plan_total = sum(len(lrs_for(m, args, placeholder, t)) * len(args.seed_list) + len(args.repeat_list)
+                     for t in order for m in args.methods)
     done = 0
     chosen: dict[str, tuple[float, ...]] | None = None
     for task in order:
@@ -247,35 +329,81 @@ def execute(args, store: ResultStore, backbone) -> None:
                     print(f"{tag}: training on {len(dataset.train)} examples ...", flush=True)
                     run = run_one(dataset, task, method, seed, lr, args, backbone)
                     store.add(run)
-                    print(f"{tag}: test acc {run['test_accuracy']:.4f}  val acc {run['val_accuracy']:.4f}  "
-                          f"epoch {run['best_epoch']}  {run['train_examples_per_s']:.1f} train ex/s  {run['seconds']:.0f} s",
-                          flush=True)
+                    _report(tag, run)
         if task == args.lr_check and chosen is None:
             grid = {m: lrs_for(m, args, None, task) for m in args.methods}
             ranked = {m: [lr for lr in ranked_lrs([r for r in store.data["runs"] if r["task"] == task and r["method"] == m])
                           if any(abs(lr - g) <= 1e-12 * g for g in grid[m])] for m in args.methods}
             chosen = {m: tuple(ranked[m][: args.task_lrs]) for m in args.methods}
-            store.data["lr_check"] = {"task": task, "grid": {m: list(g) for m, g in grid.items()},
-                                      "chosen": {m: ranked[m][0] for m in args.methods},
-                                      "per_task": {m: list(v) for m, v in chosen.items()}}
+            # Merged per method, so a later run of some methods keeps the other methods' check.
+            check = store.data.setdefault("lr_check", {"task": task, "grid": {}, "chosen": {}, "per_task": {}})
+            check["task"] = task
+            check["grid"].update({m: list(g) for m, g in grid.items()})
+            check["chosen"].update({m: ranked[m][0] for m in args.methods})
+            check["per_task"].update({m: list(v) for m, v in chosen.items()})
             store.save()
             print("lr check on " + task + ": per task " + ", ".join(f"{m} {'/'.join(f'{lr:.0e}' for lr in v)}"
                                                                   for m, v in chosen.items()), flush=True)
-    store.data["plan"] = {"tasks": order, "methods": list(args.methods), "seeds": args.seed_list,
-                          "lr": {m: list(v) for m, v in chosen.items()} if chosen
-                          else {m: list(lrs_for(m, args, None, "")) for m in args.methods}}
+        for method in args.methods:
+            if not args.repeat_list:
+                break
+            lr = selected_lr([r for r in store.data["runs"] if r["task"] == task and r["method"] == method],
+                             allowed=chosen[method] if chosen else lrs_for(method, args, chosen, task),
+                             selection_seed=args.seed_list[0])
+            for seed in args.repeat_list:
+                done += 1
+                tag = f"[{done:>3}/{plan_total}] {task:<14} {method:<9} seed {seed} lr {lr:.0e} (repeat)"
+                if store.find(task, method, seed, lr):
+                    print(f"{tag}: already done, skipped", flush=True)
+                    continue
+                if dataset is None:
+                    dataset = task_data.load(args.data_dir, task, args.train_cap, args.val_cap, args.test_cap, seed=0)
+                print(f"{tag}: training on {len(dataset.train)} examples ...", flush=True)
+                run = run_one(dataset, task, method, seed, lr, args, backbone)
+                store.add(run)
+                _report(tag, run)
+    # Merged with earlier invocations, so a run of some methods or seeds never hides the others.
+    old = store.data.get("plan", {})
+    lr_plan = ({m: list(v) for m, v in chosen.items()} if chosen else {m: list(lrs_for(m, args, None, "")) for m in args.methods})
+    store.data["plan"] = {
+        "tasks": list(dict.fromkeys(old.get("tasks", []) + order)),
+        "methods": [m for m in METHODS if m in old.get("methods", []) or m in args.methods],
+        "seeds": sorted(set(old.get("seeds", [])) | set(args.seed_list)),
+        "repeat_seeds": {**old.get("repeat_seeds", {}), **{m: args.repeat_list for m in args.methods if args.repeat_list}},
+        "lr": {**old.get("lr", {}), **lr_plan},
+    }
     store.save()
+
+
+def _report(tag: str, run: dict) -> None:
+    print(f"{tag}: test acc {run['test_accuracy']:.4f}  val acc {run['val_accuracy']:.4f}  "
+          f"epoch {run['best_epoch']}  {run['train_examples_per_s']:.1f} train ex/s  {run['seconds']:.0f} s"
+          + ("  COLLAPSED" if run.get("collapsed") else ""), flush=True)
+
+
+def selected_lr(runs: list[dict], allowed, selection_seed: int = 0) -> float:
+    """The rate the selection seed's validation accuracy picks among `allowed` (ties: the lower rate).
+
+    Only the selection seed's runs decide, so seeds run later at the chosen rate cannot move the choice.
+    """
+    pool = [r for r in runs if r["seed"] == selection_seed and any(abs(r["lr"] - a) <= 1e-12 * a for a in allowed)]
+    if not pool:
+        pool = [r for r in runs if any(abs(r["lr"] - a) <= 1e-12 * a for a in allowed)]
+    if not pool:
+        raise SystemExit(f"error: no run of the selection seed {selection_seed} to choose a rate from")
+    return best_lr(pool)
 
 
 # ------------------------------------------------------------------------------------------ report
 
 def table_rows(data: dict, single_lr: bool = False) -> dict[tuple[str, str], dict]:
-    """(task, method) -> the reported result: the best-validation lr, mean over its seeds.
+    """(task, method) -> the reported result: the rate the selection seed chose on validation, mean over its seeds.
 
     With `--lr-check`, every task picks among the rates kept by the check (`per_task`; the check
     task too), by validation accuracy; `single_lr` instead keeps only the check's best rate.
     """
     runs = data["runs"]
+    selection_seed = (data.get("plan", {}).get("seeds") or [0])[0]
     check = data.get("lr_check") or {}
     per_task = check.get("per_task") or {m: [lr] for m, lr in (check.get("chosen") or {}).items()}
     if single_lr:
@@ -289,7 +417,7 @@ def table_rows(data: dict, single_lr: bool = False) -> dict[tuple[str, str], dic
             group = [r for r in group if any(abs(r["lr"] - lr) <= 1e-12 * lr for lr in per_task[key[1]])]
             if not group:
                 continue
-        lr = best_lr(group)
+        lr = selected_lr(group, sorted({r["lr"] for r in group}), selection_seed)
         picked = [r for r in group if abs(r["lr"] - lr) <= 1e-12 * lr]
         if not picked:
             continue
@@ -299,6 +427,8 @@ def table_rows(data: dict, single_lr: bool = False) -> dict[tuple[str, str], dic
             "task": key[0], "method": key[1], "lr": lr, "seeds": sorted(r["seed"] for r in picked),
             "test_accuracy": mean("test_accuracy"), "test_macro_f1": mean("test_macro_f1"),
             "test_accuracy_sd": statistics.stdev([r["test_accuracy"] for r in picked]) if len(picked) > 1 else None,
+            "by_seed": {r["seed"]: r["test_accuracy"] for r in picked},
+            "collapsed_seeds": sorted(r["seed"] for r in picked if run_collapsed(r)),
             "val_accuracy": mean("val_accuracy"), "train_examples_per_s": mean("train_examples_per_s"),
             "seconds": mean("seconds"), "best_epochs": [r["best_epoch"] for r in picked],
             "classes": first["classes"], "examples": first["examples"],
@@ -599,10 +729,17 @@ def main(argv: list[str] | None = None) -> dict:
                 "adapter_size": args.adapter_size, "top_k": args.top_k, "autocast": args.autocast,
                 "backbone_fingerprint": backbone.info.fingerprint}
     store = ResultStore(json_path, settings, args.restart)
+    for run in store.data["runs"]:  # runs stored before per-run provenance: the commit the document then named
+        run.setdefault("git_commit", (store.data.get("machine") or {}).get("git_commit", "unknown"))
+        run.setdefault("git_dirty", None)
+    backfill(store.data, args.data_dir, args)
     store.data["machine"] = machine_info.describe(backbone.device)
     store.data["backbone"] = {k: getattr(backbone.info, k) for k in ("name", "fingerprint", "layers", "hidden", "params", "bytes")}
     store.data["data_dir"] = _portable([args.data_dir])[0]
+    history = store.data.setdefault("commands", [store.data["command"]] if store.data.get("command") else [])
     store.data["command"] = "python -m bench.paper_table" + (" " + shlex.join(_portable(argv)) if argv else "")
+    if not history or history[-1] != store.data["command"]:
+        history.append(store.data["command"])
     execute(args, store, backbone)
     store.data["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     store.save()

@@ -80,6 +80,8 @@ class Metrics:
     """Unweighted mean F1 over the classes present in gold or predictions."""
     examples: int
     """Number of examples evaluated."""
+    collapsed: bool = False
+    """True when the model is no better than one constant class (see `collapsed`)."""
 
 
 @dataclass
@@ -100,8 +102,42 @@ class TrainLog:
     """Training examples processed per second (training passes only)."""
 
 
+def majority_macro_f1(gold_counts: Iterable[int]) -> float:
+    """Macro-F1 of always predicting the most frequent gold class.
+
+    With C classes in gold and the majority's share p, that class scores F1 = 2p / (1 + p) and
+    every other class 0, so the macro-F1 is 2p / ((1 + p) C). Predicting any other single class
+    scores less, since 2q / (1 + q) grows with q.
+
+    Args:
+        gold_counts: Examples per class present in the gold labels (zeros are ignored).
+    """
+    counts = [c for c in gold_counts if c > 0]
+    if not counts:
+        return 0.0
+    p = max(counts) / sum(counts)
+    return 2 * p / ((1 + p) * len(counts))
+
+
+def collapsed(macro_f1: float, gold_counts: Iterable[int], predicted_classes: int | None = None) -> bool:
+    """Whether a classifier has collapsed: the one definition used by train, the catalogue and the benchmarks.
+
+    A run is collapsed when all its predictions are one class, or when its macro-F1 is at or below
+    the majority-class level (`majority_macro_f1`, with a 1e-9 tolerance for rounding): it is then
+    no better than a constant answer, whatever its accuracy on an imbalanced split says.
+
+    Args:
+        macro_f1: The run's macro-F1 on the split (as computed by `scores`).
+        gold_counts: Examples per gold class on that split.
+        predicted_classes: Number of distinct predicted classes, when known.
+    """
+    if predicted_classes is not None and predicted_classes <= 1:
+        return True
+    return macro_f1 <= majority_macro_f1(gold_counts) + 1e-9
+
+
 def scores(gold: list[int], pred: list[int]) -> Metrics:
-    """Accuracy and macro-F1 of predicted against gold class indices."""
+    """Accuracy, macro-F1 and the collapsed flag of predicted against gold class indices."""
     if not gold:
         return Metrics(0.0, 0.0, 0)
     f1s = []
@@ -111,7 +147,9 @@ def scores(gold: list[int], pred: list[int]) -> Metrics:
         fn = sum(1 for g, p in zip(gold, pred) if g == c and p != c)
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     accuracy = sum(1 for g, p in zip(gold, pred) if g == p) / len(gold)
-    return Metrics(accuracy, sum(f1s) / len(f1s), len(gold))
+    macro = sum(f1s) / len(f1s)
+    counts = [gold.count(c) for c in sorted(set(gold))]
+    return Metrics(accuracy, macro, len(gold), collapsed(macro, counts, len(set(pred))))
 
 
 def _device(model: nn.Module) -> torch.device:

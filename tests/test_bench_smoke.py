@@ -170,3 +170,22 @@ def test_paper_table_task_lrs_keeps_the_better_rate_per_task(tiny_data_dir: Path
     beta = paper_table.table_rows(data)[("beta", "layernorm")]
     best = max((r for r in data["runs"] if r["task"] == "beta"), key=lambda r: (r["val_accuracy"], -r["lr"]))
     assert beta["lr"] == best["lr"]
+
+
+def test_paper_table_repeat_seeds_run_only_the_selected_rate(tiny_data_dir: Path, tiny_backbone_dir: str, tmp_path: Path) -> None:
+    """--repeat-seeds runs each extra seed once per (task, method), at the rate seed 0 chose on validation, and records provenance."""
+    from bench import paper_table
+
+    docs = tmp_path / "docs"
+    argv = ["--data-dir", str(tiny_data_dir), "--backbone", tiny_backbone_dir, "--device", "cpu", "--docs-dir", str(docs),
+            "--epochs", "1", "--methods", "adapter", "full", "--lr-check", "alpha", "--lr-grid", "adapter=3e-3,1e-2",
+            "--lr-grid", "full=1e-3,3e-3", "--task-lrs", "2", "--repeat-seeds", "1,2"]
+    data = paper_table.main(argv)
+    for task in ("alpha", "beta"):
+        for method in ("adapter", "full"):
+            runs = [r for r in data["runs"] if (r["task"], r["method"]) == (task, method)]
+            chosen = paper_table.selected_lr(runs, data["lr_check"]["per_task"][method], selection_seed=0)
+            assert sorted((r["seed"], r["lr"]) for r in runs if r["seed"] > 0) == [(1, chosen), (2, chosen)]
+            assert paper_table.table_rows(data)[(task, method)]["seeds"] == [0, 1, 2]
+    assert all(r["tensors_match"] and "git_commit" in r and isinstance(r["collapsed"], bool) for r in data["runs"])
+    assert data["plan"]["repeat_seeds"] == {"adapter": [1, 2], "full": [1, 2]}

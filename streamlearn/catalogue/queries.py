@@ -57,17 +57,20 @@ def task_table(s: Session) -> list[dict[str, Any]]:
     Returns:
         Dicts with `task, created_at, status, job_id` (the latest job) and, from the current
         artifact (None while the task has none): `artifact_job_id, method, adapter_size,
-        hyperparameters, val_accuracy, test_accuracy, trainable_params, stored_params, bytes,
-        sha256, uri, classes, backbone`.
+        hyperparameters, val_accuracy, test_accuracy, collapsed, trainable_params, stored_params,
+        bytes, sha256, uri, classes, backbone`. `collapsed` is the test split's flag
+        (`training.collapsed`; validation's when the task has no test split), None for metrics
+        recorded before the flag existed.
     """
     ranked, latest = _ranked_artifacts(), _latest_jobs()
     val, test, owner = aliased(Metric), aliased(Metric), aliased(Job)
+    val_collapsed, test_collapsed = aliased(Metric), aliased(Metric)
     stmt = (
         select(
             Task.name, Task.created_at, latest.c.status, latest.c.job_id, owner.id, owner.hyperparameters,
             Artifact.method, Artifact.adapter_size, Artifact.trainable_params, Artifact.stored_params,
             Artifact.bytes, Artifact.sha256, Artifact.uri, Artifact.classes, Backbone.name,
-            val.value, test.value,
+            val.value, test.value, val_collapsed.value, test_collapsed.value,
         )
         .outerjoin(ranked, and_(ranked.c.task_id == Task.id, ranked.c.rn == 1, ranked.c.visible == 1))
         .outerjoin(Artifact, Artifact.id == ranked.c.artifact_id)
@@ -75,15 +78,22 @@ def task_table(s: Session) -> list[dict[str, Any]]:
         .outerjoin(Backbone, Backbone.id == Artifact.backbone_id)
         .outerjoin(val, and_(val.job_id == Artifact.job_id, val.split == "validation", val.name == "accuracy"))
         .outerjoin(test, and_(test.job_id == Artifact.job_id, test.split == "test", test.name == "accuracy"))
+        .outerjoin(val_collapsed, and_(val_collapsed.job_id == Artifact.job_id, val_collapsed.split == "validation",
+                                       val_collapsed.name == "collapsed"))
+        .outerjoin(test_collapsed, and_(test_collapsed.job_id == Artifact.job_id, test_collapsed.split == "test",
+                                        test_collapsed.name == "collapsed"))
         .outerjoin(latest, and_(latest.c.task_id == Task.id, latest.c.rn == 1))
         .order_by(Task.id)
     )
     keys = ("task", "created_at", "status", "job_id", "artifact_job_id", "hyperparameters", "method",
             "adapter_size", "trainable_params", "stored_params", "bytes", "sha256", "uri", "classes",
-            "backbone", "val_accuracy", "test_accuracy")
+            "backbone", "val_accuracy", "test_accuracy", "val_collapsed", "test_collapsed")
     rows = []
     for values in s.execute(stmt):
         row = dict(zip(keys, values))
+        flags = row.pop("val_collapsed"), row.pop("test_collapsed")
+        flag = flags[1] if flags[1] is not None or row["test_accuracy"] is not None else flags[0]
+        row["collapsed"] = None if flag is None else bool(flag)
         row["created_at"] = _iso(row["created_at"])
         row["status"] = str(row["status"]) if row["status"] is not None else None
         rows.append(row)

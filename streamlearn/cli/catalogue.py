@@ -24,6 +24,12 @@ def _accuracy(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _collapsed(row: dict[str, Any]) -> str:
+    if row["artifact_job_id"] is None:
+        return "-"
+    return "?" if row["collapsed"] is None else ("yes" if row["collapsed"] else "no")
+
+
 @main.command("tasks")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per task.")
 def tasks_command(as_json: bool) -> None:
@@ -31,7 +37,8 @@ def tasks_command(as_json: bool) -> None:
 
     Columns: task, status of its latest job, method, adapter size m, the kept artifact's
     hyperparameters (for a sweep: the chosen trial's, e.g. `m=64 lr=1e-3 ep=3`), validation and
-    test accuracy, trainable parameters, bytes on disk, artifact sha256 (first 12 hex digits) and
+    test accuracy, collapsed (yes when the model is no better than one constant class, see
+    `streamlearn.training.collapsed`; `?` for tasks trained before the flag), trainable parameters, bytes on disk, artifact sha256 (first 12 hex digits) and
     backbone.
     `--json` adds stored parameters, hyperparameters, the artifact URI and job ids.
     """
@@ -54,7 +61,7 @@ def tasks_command(as_json: bool) -> None:
     table = Table(title=f"{len(rows)} task{'s' if len(rows) != 1 else ''}")
     for name in ("task", "status", "method", "m", "hyperparameters"):
         table.add_column(name)
-    for name in ("val acc", "test acc", "trainable", "bytes"):
+    for name in ("val acc", "test acc", "collapsed", "trainable", "bytes"):
         table.add_column(name, justify="right")
     table.add_column("sha256")
     table.add_column("backbone")
@@ -62,7 +69,8 @@ def tasks_command(as_json: bool) -> None:
         table.add_row(
             r["task"], r["status"] or "-", r["method"] or "-",
             "-" if r["adapter_size"] is None else str(r["adapter_size"]), label(r["hyperparameters"]),
-            _accuracy(r["val_accuracy"]), _accuracy(r["test_accuracy"]), _number(r["trainable_params"]),
+            _accuracy(r["val_accuracy"]), _accuracy(r["test_accuracy"]), _collapsed(r),
+            _number(r["trainable_params"]),
             _number(r["bytes"]), (r["sha256"] or "-")[:12], r["backbone"] or "-",
         )
     console.print(table)

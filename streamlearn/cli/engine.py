@@ -182,6 +182,8 @@ def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: 
         "val_macro_f1": round(result.val.macro_f1, 4),
         "test_accuracy": round(result.test.accuracy, 4) if result.test else None,
         "test_macro_f1": round(result.test.macro_f1, 4) if result.test else None,
+        # The test split's verdict (validation's without a test split): see training.collapsed.
+        "collapsed": (result.test or result.val).collapsed,
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "train_examples_per_s": round(result.train_examples_per_s, 1),
