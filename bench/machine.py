@@ -55,9 +55,10 @@ def provenance() -> dict:
 
     `git_dirty` is True when tracked files differ from the commit or untracked files that git does not
     ignore exist (so the numbers may come from code no commit holds); None when git cannot tell.
+    The benchmarks' own outputs under `docs/` do not count: a run rewrites them as it goes.
     """
-    commit = _git("rev-parse", "--short", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=normal")
+    commit = (_git("rev-parse", "--short", "HEAD") or "").strip()
+    status = _git("status", "--porcelain", "--untracked-files=normal", "--", ".", ":(exclude)docs")
     changed = [line[3:] for line in status.splitlines() if line.strip()] if status is not None else None
     return {"git_commit": commit or "unknown", "git_dirty": None if changed is None else bool(changed),
             "git_changed": changed[:20] if changed else []}
@@ -87,4 +88,4 @@ def _git(*args: str) -> str | None:
                              cwd=os.path.dirname(os.path.abspath(__file__)))
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout.rstrip() if out.returncode == 0 else None

@@ -83,6 +83,7 @@ def run(args, argv: list[str], json_path: Path) -> dict:
     home = Path(tempfile.mkdtemp(prefix="bench-stream-home-"))
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     env = env_for(home, args.backbone, args.device)
+    from streamlearn.methods import default_lr
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     data: dict = {
@@ -90,6 +91,9 @@ def run(args, argv: list[str], json_path: Path) -> dict:
         "settings": {"train_cap": args.train_cap, "val_cap": args.val_cap, "test_cap": args.test_cap,
                      "max_length": args.max_length, "epochs": args.epochs, "method": args.method,
                      "lr": args.lr, "threads": args.threads or None},
+        "lr_used": args.lr if args.lr else default_lr(args.method),
+        "lr_source": "--lr" if args.lr else "the service's default for the method (no --lr sent)",
+        "provenance": machine_info.provenance(),
         "data_dir": args.data_dir, "tasks": names, "rows": [], "jobs": [],
     }
     worker = Worker(env, work / "worker.log")
@@ -112,13 +116,15 @@ def run(args, argv: list[str], json_path: Path) -> dict:
             rows = json.loads(cli(env, "evaluate", "--all", "--json"))
             row = {r["task"]: r["accuracy"] for r in rows}
             data["rows"].append(row)
+            listed = {r["task"]: r for r in json.loads(cli(env, "tasks", "--json"))}
             data["jobs"].append({"task": name, "job_id": sub["job_id"], "seconds": seconds, "classes": len(ds.labels),
                                  "examples": {"train": len(ds.train), "validation": len(ds.validation), "test": len(ds.test)},
-                                 "evaluate": rows})
+                                 "evaluate": rows, "collapsed": listed[name]["collapsed"]})
             missing = [n for n in names[:t] if n not in row]
             if missing:
                 raise RuntimeError(f"evaluate --all after {name} lacks {missing}")
-            print(f"[{t:>2}/{len(names)}] {name:<14} learned in {seconds:.0f} s; R[{t}, :] = "
+            print(f"[{t:>2}/{len(names)}] {name:<14} learned in {seconds:.0f} s"
+                  + (" (COLLAPSED)" if data["jobs"][-1]["collapsed"] else "") + f"; R[{t}, :] = "
                   + " ".join(f"{row[n]:.4f}" for n in names[:t]), flush=True)
             _save(data, json_path)
         docs_dir = json_path.parent.parent
@@ -224,7 +230,7 @@ def _shown(path: str) -> str:
 def _cross_check(data: dict, docs_dir: Path) -> list[str]:
     """Compare R[j, j] with the in-process runs of the paper table made with the same settings, if any."""
     path = docs_dir / "results" / "paper_table.json"
-    st = data["settings"]
+    st = dict(data["settings"], lr=data["settings"].get("lr") or data.get("lr_used"))
     if not path.exists() or st.get("lr") is None:
         return []
     table = json.loads(path.read_text(encoding="utf-8"))
