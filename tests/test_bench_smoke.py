@@ -147,13 +147,19 @@ def test_speed_service_sections_time_a_warm_worker(tiny_data_dir: Path, tiny_bac
 
     docs = tmp_path / "docs"
     data = speed.main(["--data-dir", str(tiny_data_dir), "--task", "alpha", "--backbone", tiny_backbone_dir,
-                       "--device", "cpu", "--docs-dir", str(docs), "--sections", "service", "residency",
+                       "--device", "cpu", "--docs-dir", str(docs), "--sections", "service", "cli", "residency",
                        "--repeats", "1", "--service-train-cap", "16", "--service-eval-cap", "8", "--redis-url", ""])
     embedded = data["sections"]["service"]["embedded"]
     assert embedded["median"]["service"] > 0 and embedded["median"]["in_process"] > 0
     residency = data["sections"]["residency"]
     assert residency["second"]["run_seconds"] is not None
-    assert "Service overhead" in (docs / "SPEED.md").read_text()
+    cli = data["sections"]["cli"]
+    assert cli["median"]["cli"] > cli["part_medians"]["worker_run"] > 0
+    for part in cli["parts"]:
+        assert set(part) == {"cli_startup", "submission", "queue_wait", "worker_run", "seen_by_client"}
+        assert min(part.values()) >= 0
+    text = (docs / "SPEED.md").read_text()
+    assert "Service overhead a user sees" in text and "Worker-side part" in text
 
 
 def test_paper_table_task_lrs_keeps_the_better_rate_per_task(tiny_data_dir: Path, tiny_backbone_dir: str, tmp_path: Path) -> None:
