@@ -76,6 +76,17 @@ def dirty_warning(machine: dict) -> list[str]:
             "its numbers may not be reproducible from any commit.", ""]
 
 
+def sections_warning(provenance: dict[str, dict]) -> list[str]:
+    """Lines for the top of a document whose parts ran separately: each part's commit, and a warning unless all were clean."""
+    if not provenance:
+        return []
+    lines = ["Provenance: " + "; ".join(f"{name} at {_tree(p)}" for name, p in provenance.items()) + ".", ""]
+    if any(p.get("git_dirty") is not False for p in provenance.values()):
+        lines = ["> **Not all of this document comes from a clean commit**: the parts marked DIRTY ran with uncommitted "
+                 "changes, and those marked 'tree state not recorded' ran before the tree state was recorded.", ""] + lines
+    return lines
+
+
 def _tree(machine: dict) -> str:
     dirty = machine.get("git_dirty")
     state = "clean tree" if dirty is False else ("DIRTY tree" if dirty else "tree state not recorded")

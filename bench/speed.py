@@ -537,6 +537,8 @@ def render(data: dict, docs_dir: Path) -> str:
            "The tables give the medians of the repeats and the median of the per-round ratios. The CPU is shared with "
            "other work, so single values vary; the interleaving makes the ratios fair.",
            f"Last updated {data.get('updated_at', '?')} (each section records when it ran)."]
+    before = {"git_commit": mach.get("git_commit", "unknown"), "git_dirty": None}  # sections older than per-section provenance
+    out[2:2] = machine_info.sections_warning({k: v.get("provenance", before) for k, v in s.items()})
     if data["settings"].get("threads") == 1:
         out.append("Threads: one torch thread per process (`--threads 1`, also passed to the workers). With two threads per "
                    "process on this shared 2-core CPU, the OpenMP threads wait on each other whenever another process "
@@ -698,6 +700,8 @@ def main(argv: list[str] | None = None) -> dict:
     if data.get("task") not in (None, args.task) or data.get("backbone", {}).get("fingerprint") not in (None, backbone.info.fingerprint):
         data = {}  # other texts or another backbone: the old sections are not comparable
     data.setdefault("sections", {})
+    for old in data["sections"].values():  # sections measured before per-section provenance: the commit then named
+        old.setdefault("provenance", {"git_commit": data.get("machine", {}).get("git_commit", "unknown"), "git_dirty": None})
     data.update({
         "task": args.task, "machine": machine_info.describe(backbone.device),
         "backbone": {k: getattr(backbone.info, k) for k in ("name", "fingerprint", "params")},
@@ -723,6 +727,8 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 res = section_residency(args, backbone, ds, work)
             res["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            res["provenance"] = machine_info.provenance()
+            res["command"] = data["command"]
             data["sections"][name] = res
             print(f"speed: {name} done in {time.perf_counter() - start:.0f} s: {_brief(res)}", flush=True)
             data["updated_at"] = res["measured_at"]
