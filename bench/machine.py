@@ -47,7 +47,7 @@ def sentence(machine: dict) -> str:
     """One line for a document: `2-core Intel(R) Xeon(R) ... (CPU only, 2 torch threads), torch 2.13`."""
     where = f"GPU {machine['gpu']}" if machine.get("gpu") else f"CPU only, {machine['torch_threads']} torch threads"
     return (f"{machine['cores']}-core {machine['cpu']} ({where}); Python {machine['python']}, "
-            f"torch {machine['torch']}, transformers {machine['transformers']}; {_tree(machine)}")
+            f"torch {machine['torch']}, transformers {machine['transformers']}; {tree(machine)}")
 
 
 def provenance() -> dict:
@@ -80,14 +80,15 @@ def sections_warning(provenance: dict[str, dict]) -> list[str]:
     """Lines for the top of a document whose parts ran separately: each part's commit, and a warning unless all were clean."""
     if not provenance:
         return []
-    lines = ["Provenance: " + "; ".join(f"{name} at {_tree(p)}" for name, p in provenance.items()) + ".", ""]
+    lines = ["Provenance: " + "; ".join(f"{name} at {tree(p)}" for name, p in provenance.items()) + ".", ""]
     if any(p.get("git_dirty") is not False for p in provenance.values()):
         lines = ["> **Not all of this document comes from a clean commit**: the parts marked DIRTY ran with uncommitted "
                  "changes, and those marked 'tree state not recorded' ran before the tree state was recorded.", ""] + lines
     return lines
 
 
-def _tree(machine: dict) -> str:
+def tree(machine: dict) -> str:
+    """`commit abc1234 (clean tree)`, `(DIRTY tree)` or `(tree state not recorded)`."""
     dirty = machine.get("git_dirty")
     state = "clean tree" if dirty is False else ("DIRTY tree" if dirty else "tree state not recorded")
     return f"commit {machine.get('git_commit', 'unknown')} ({state})"
