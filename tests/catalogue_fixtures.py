@@ -110,7 +110,8 @@ def artifact_fields(backbone_id: int, *, bytes_: int, m: int | None = 64, classe
 
 
 def finished_task(s, name: str, *, bytes_: int, m: int | None = 64, classes: int = 2, method: str = "adapter",
-                  val: float = 0.9, test: float = 0.8, backbone: dict[str, Any] = MINILM) -> str:
+                  val: float = 0.9, test: float = 0.8, backbone: dict[str, Any] = MINILM,
+                  collapsed: bool | None = None) -> str:
     """Create task `name` and walk its job through queued -> running -> succeeded; return the job id."""
     bb = records.ensure_backbone(s, backbone)
     _, job, _ = records.create_task_and_job(
@@ -120,7 +121,7 @@ def finished_task(s, name: str, *, bytes_: int, m: int | None = 64, classes: int
     records.mark_running(s, job.id, "host", 1)
     records.mark_succeeded(
         s, job.id, artifact_fields(bb.id, bytes_=bytes_, m=m, classes=classes, method=method, uri=f"file:///{name}"),
-        {"validation": {"accuracy": val}, "test": {"accuracy": test}},
+        {"validation": {"accuracy": val}, "test": {"accuracy": test, "collapsed": collapsed}},
     )
     return job.id
 

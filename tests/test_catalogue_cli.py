@@ -60,6 +60,19 @@ def test_tasks_lists_every_task(three_tasks: Path) -> None:
         ("sst2", 64, "succeeded"), ("trec", 8, "succeeded"), ("agnews", 64, "succeeded")]
 
 
+def test_tasks_shows_the_collapsed_flag_of_each_task(isolated_home: Path) -> None:
+    """`tasks` shows collapsed yes/no from the test metrics row, `?` for a task recorded without the flag; --json the same."""
+    with session_scope() as s:
+        finished_task(s, "spam", bytes_=100, collapsed=True)
+        finished_task(s, "mr", bytes_=100, collapsed=False)
+        finished_task(s, "old", bytes_=100)
+    rows = json.loads(_run("tasks", "--json").output)
+    assert [(r["task"], r["collapsed"]) for r in rows] == [("spam", True), ("mr", False), ("old", None)]
+    lines = {line.split()[1]: line for line in _run("tasks").output.splitlines() if line.strip().startswith("│")
+             and line.split()[1] in ("spam", "mr", "old")}
+    assert " yes " in lines["spam"] and " no " in lines["mr"] and " ? " in lines["old"]
+
+
 def test_storage_json_has_the_documented_fields(three_tasks: Path) -> None:
     """`storage --json` carries the issue's fields with the 3-task numbers."""
     report = json.loads(_run("storage", "--json").output)

@@ -13,7 +13,7 @@ from streamlearn.cli import main
 from streamlearn.methods import expected_trainable
 
 TRAIN_KEYS = {"method", "trainable_params", "backbone_params", "stored_params", "bytes", "artifact",
-              "val_accuracy", "test_accuracy", "epochs", "train_examples_per_s", "seconds"}
+              "val_accuracy", "test_accuracy", "collapsed", "epochs", "train_examples_per_s", "seconds"}
 
 
 @pytest.fixture()
@@ -40,6 +40,7 @@ def test_train_json_prints_one_object_and_writes_the_artifact(runner, tiny_task_
     assert (tmp_path / "out").is_dir() and len(list((tmp_path / "out").iterdir())) == 2
     assert summary["bytes"] == (tmp_path / "out" / summary["artifact"]).stat().st_size
     assert 0 <= summary["test_accuracy"] <= 1
+    assert isinstance(summary["collapsed"], bool)
 
 
 def test_train_honours_backbone_setting_and_other_methods(runner, tiny_task_files, tiny_backbone_dir, tmp_path, monkeypatch):

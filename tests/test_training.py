@@ -9,7 +9,7 @@ from streamlearn import pipeline
 from streamlearn.backbone import fingerprint
 from streamlearn.errors import InvalidConfig
 from streamlearn.methods import MethodConfig, expected_trainable
-from streamlearn.training import TrainConfig, _schedule, scores
+from streamlearn.training import TrainConfig, _schedule, collapsed, majority_macro_f1, scores
 
 FAST = TrainConfig(epochs=2, lr=1e-2, batch_size=16, max_length=32)
 
@@ -20,6 +20,27 @@ def test_scores_compute_accuracy_and_macro_f1():
     assert metrics.accuracy == 0.75
     assert metrics.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)
     assert metrics.examples == 4
+
+
+def test_constant_predictions_are_collapsed_and_a_real_classifier_is_not():
+    """All-one-class predictions are collapsed whatever the accuracy; a classifier that separates the classes is not."""
+    gold = [0] * 87 + [1] * 13
+    constant = scores(gold, [0] * 100)
+    assert constant.accuracy == 0.87 and constant.collapsed
+    assert constant.macro_f1 == pytest.approx(majority_macro_f1([87, 13])) == pytest.approx(2 * 0.87 / (1.87 * 2))
+    good = scores(gold, [0] * 85 + [1, 1] + [1] * 11 + [0, 0])
+    assert not good.collapsed and good.macro_f1 > 0.9
+
+
+def test_two_predicted_classes_at_the_majority_level_are_collapsed():
+    """A model that predicts two classes but scores no better macro-F1 than the constant majority answer is collapsed."""
+    gold = [0] * 9 + [1]
+    pred = [0] * 8 + [1, 0]  # one false alarm, the minority example missed
+    metrics = scores(gold, pred)
+    assert len(set(pred)) == 2
+    assert metrics.macro_f1 < majority_macro_f1([9, 1]) and metrics.collapsed
+    assert collapsed(majority_macro_f1([9, 1]) + 0.01, [9, 1], predicted_classes=2) is False
+    assert collapsed(0.99, [9, 1], predicted_classes=1) is True
 
 
 def test_schedule_warms_up_linearly_then_decays_to_zero():
