@@ -426,7 +426,7 @@ def table_rows(data: dict, single_lr: bool = False, only_seed: int | None = None
         picked = [r for r in group if abs(r["lr"] - lr) <= 1e-12 * lr]
         if not picked:
             continue
-        mean = lambda k: statistics.fmean(r[k] for r in picked)  # noqa: E731
+        mean = lambda k, picked=picked: statistics.fmean(r[k] for r in picked)  # noqa: E731
         first = picked[0]
         out[key] = {
             "task": key[0], "method": key[1], "lr": lr, "seeds": sorted(r["seed"] for r in picked),
@@ -646,7 +646,8 @@ def render(data: dict, docs_dir: Path) -> str:
                "store (derived from the backbone, not from the training code). Train ex/s was measured while the 2-core "
                "CPU was shared with other work; `docs/SPEED.md` measures the speed ratios side by side.")
     out.append("")
-    out.append("| task | method | lr | test acc by seed | mean | test macro-F1 | val acc | best epoch | trained params | % of \\|w\\| | bytes stored | tensors | train ex/s |")
+    out.append("| task | method | lr | test acc by seed | mean | test macro-F1 | val acc | best epoch | trained params | "
+               "% of \\|w\\| | bytes stored | tensors | train ex/s |")
     out.append("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for t in s["tasks"]:
         for m in methods:
@@ -685,7 +686,8 @@ def render(data: dict, docs_dir: Path) -> str:
         k = len([t for t in s["tasks"] if (t, "adapter") in rows])
         out.append(f"- Stored bytes of all K={k} tasks: adapters **{_mb(s['adapter_bytes_total'])}** vs K·|w| = "
                    f"{_mb(s['full_copies_bytes_total'])} (**{100 * s['bytes_ratio']:.2f}%**, "
-                   f"{1 / s['bytes_ratio']:.0f}× less)" + (f"; the full fine-tuning artifacts measured {_mb(s['full_bytes_total'])}" if "full_bytes_total" in s else "") + ".")
+                   f"{1 / s['bytes_ratio']:.0f}× less)"
+                   + (f"; the full fine-tuning artifacts measured {_mb(s['full_bytes_total'])}" if "full_bytes_total" in s else "") + ".")
         out.append(f"- Adapter trained params: {s['adapter_params_pct_mean']:.2f}% of |w| on average, "
                    f"{s['adapter_params_pct_max']:.2f}% at most (the head grows with the classes).")
     g, p17 = PAPER["glue"], PAPER["17 tasks"]

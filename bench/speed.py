@@ -361,7 +361,7 @@ def section_service(args, backbone, ds, work: Path) -> dict:
                 submit_and_wait(files, "warmup", method_cfg, train_cfg)  # the worker is warm from here on
                 counter, phases = iter(range(1000)), []
 
-                def service() -> float:
+                def service(counter=counter, phases=phases) -> float:
                     seconds, info = submit_and_wait(files, f"speed-{next(counter)}", method_cfg, train_cfg)
                     phases.append(info.get("phases"))
                     return seconds
@@ -421,7 +421,8 @@ def cli_parts(info: dict, startup: float) -> dict[str, float]:
 
     startup: the median `--help` start-up (interpreter + imports); submission: the rest until the job
     was recorded (validate, copy into the store, record the Task and Job in one transaction); queue
-    wait: recorded -> a worker started it (the publish, the broker hop, the pick-up); worker run: started -> finished (the worker-side figure); seen by client: finished ->
+    wait: recorded -> a worker started it (the publish, the broker hop, the pick-up); worker run:
+    started -> finished (the worker-side figure); seen by client: finished ->
     the process exited (its 0.5 s status poll, printing, interpreter exit).
     """
     enq, started, finished = (_timestamp(info.get(k)) for k in ("enqueued_at", "started_at", "finished_at"))
@@ -649,7 +650,8 @@ def render(data: dict, docs_dir: Path) -> str:
                    f"{im['median']['no_grad']:.1f} | {im['ratio_of_medians']:.3f} | yes (engine default; never slower in principle) |")
         bt, bi = sp["bf16_train"], sp["bf16_infer"]
         out.append(f"| bf16 autocast, adapter training ex/s | {bt['median']['bf16']:.1f} | {bt['median']['fp32']:.1f} | "
-                   f"{bt['ratio_of_medians']:.3f} | {'option (`--autocast bf16` in the paper table)' if bt['ratio_of_medians'] > 1.05 else 'no: not faster here'} |")
+                   f"{bt['ratio_of_medians']:.3f} | "
+                   f"{'option (`--autocast bf16` in the paper table)' if bt['ratio_of_medians'] > 1.05 else 'no: not faster here'} |")
         out.append(f"| bf16 autocast, adapter inference ex/s | {bi['median']['bf16']:.1f} | {bi['median']['fp32']:.1f} | "
                    f"{bi['ratio_of_medians']:.3f} | {'option' if bi['ratio_of_medians'] > 1.05 else 'no: not faster here'} |")
         out.append("")

@@ -23,7 +23,7 @@ from streamlearn.artifacts import ArtifactStore
 from streamlearn.catalogue import queries, records
 from streamlearn.catalogue.models import Job, JobKind, JobStatus, utcnow
 from streamlearn.catalogue.session import session_scope
-from streamlearn.data import DataSpec, Dataset, load_dataset
+from streamlearn.data import Dataset, DataSpec, load_dataset
 from streamlearn.errors import InvalidConfig, StreamlearnError, TransientError, UnknownTask
 from streamlearn.settings import Settings, get_settings
 

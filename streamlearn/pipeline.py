@@ -23,7 +23,7 @@ from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, re
 from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
 from streamlearn.catalogue import records
-from streamlearn.data import DataSpec, Dataset, Example, file_sha256
+from streamlearn.data import Dataset, DataSpec, Example, file_sha256
 from streamlearn.errors import (
     ArtifactCorrupt,
     ArtifactWriteFailed,
@@ -37,7 +37,6 @@ from streamlearn.methods import MethodConfig, TaskModules, attached, default_lr
 from streamlearn.settings import get_settings
 from streamlearn.sweep import SweepSpec
 from streamlearn.training import Metrics, Progress, TrainConfig, evaluate
-
 
 ARTIFACT_FORMAT = 1
 """Version of the sidecar layout written by `fit`."""

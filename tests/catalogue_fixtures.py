@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cannot_run
 from sqlalchemy import create_engine, text
 
 from streamlearn.catalogue import records
@@ -54,9 +55,7 @@ def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session (dropped at the end); yields its URL."""
     admin, reason = _admin_url()
     if admin is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run)")
-        pytest.skip(reason)
+        cannot_run(reason)
     name = f"sl_test_{uuid.uuid4().hex[:12]}"
     engine = create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
@@ -132,11 +131,9 @@ def bulk_catalogue(s, tasks: int, *, bytes_of=lambda i: 2_423_816 + 1_096, m_of=
 
     Tasks are named `task-00000`, ... (or `<random>-00000`, ... with `prefix_names`, to add more).
     """
-    from sqlalchemy import insert
+    from sqlalchemy import insert, select
 
     from streamlearn.catalogue.models import Artifact, Job, JobStatus, Metric, Task, utcnow
-
-    from sqlalchemy import select
 
     bb = records.ensure_backbone(s, MINILM)
     now, prefix = utcnow(), uuid.uuid4().hex[:8]

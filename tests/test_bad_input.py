@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import cannot_run
 
 from streamlearn.cli import main
 from streamlearn.settings import get_settings
@@ -177,7 +178,7 @@ def test_unreadable_file_is_refused_without_a_traceback(tmp_path):
         probe = subprocess.run([sys.executable, "-c", f"open({str(data)!r}).close()"], capture_output=True,
                                preexec_fn=_drop_root_file_override)
         if probe.returncode == 0 or b"PermissionError" not in probe.stderr:
-            pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE here, so mode 000 does not stop a read")
+            cannot_run("running as root and cannot drop CAP_DAC_OVERRIDE here, so mode 000 does not stop a read")
         kwargs["preexec_fn"] = _drop_root_file_override
     proc = _run_cli(["submit-task", str(data)], _env(home), **kwargs)
     assert proc.returncode == 2, proc.stderr

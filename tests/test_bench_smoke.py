@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,7 +21,7 @@ if str(REPO) not in sys.path:
 def tiny_data_dir(tmp_path: Path) -> Path:
     """Two tiny two-class tasks, `alpha` and `beta`, laid out like ../shared/data."""
     root = tmp_path / "data"
-    for t, (name, seed) in enumerate((("alpha", 10), ("beta", 20))):
+    for name, seed in (("alpha", 10), ("beta", 20)):
         folder = root / name
         folder.mkdir(parents=True)
         for i, (split, n) in enumerate((("train", 48), ("validation", 12), ("test", 12))):

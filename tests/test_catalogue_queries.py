@@ -7,7 +7,14 @@ from datetime import timedelta
 
 import pytest
 from catalogue_fixtures import (  # noqa: F401
-    MINILM, artifact_fields, bulk_catalogue, db_url, finished_task, pg_database, pg_url, sqlite_url,
+    MINILM,
+    artifact_fields,
+    bulk_catalogue,
+    db_url,
+    finished_task,
+    pg_database,
+    pg_url,
+    sqlite_url,
 )
 from sqlalchemy import event
 

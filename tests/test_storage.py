@@ -34,7 +34,8 @@ def test_task_params_is_about_4Lmd_for_large_adapters() -> None:
 
 def test_task_params_agrees_with_the_engine() -> None:
     """The storage law and the engine's trainable-parameter count are the same formula."""
-    methods = pytest.importorskip("streamlearn.methods")
+    from streamlearn import methods
+
     for L, d, m, C in [(6, 384, 64, 2), (2, 32, 8, 3), (12, 768, 256, 1000)]:
         assert storage.task_params(L, d, m, C) == methods.expected_trainable(L, d, m, C)
 

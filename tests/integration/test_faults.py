@@ -28,8 +28,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import cannot_run, tiny_rows, write_jsonl
 
-from conftest import tiny_rows, write_jsonl
 from integration.service_helpers import catalogue_url, cli_json, ended, job_state, wait_for
 
 pytestmark = pytest.mark.integration
@@ -137,7 +137,8 @@ def test_jobs_queued_when_redis_loses_its_messages_each_complete_once(scale_env,
 
 def test_redis_restarted_under_a_connected_worker_every_queued_job_completes_once(service_env, postgres_url,
                                                                                  redis_server, workers, tmp_path):
-    """A real restart of a Redis without persistence (a private server of this test, killed and started again on its port) under a connected worker, paused (SIGSTOP) so three jobs wait: the worker reconnects and every job completes once."""
+    """A real restart of a Redis without persistence (a private server of this test, killed and started again on its port)
+    under a connected worker, paused (SIGSTOP) so three jobs wait: the worker reconnects and every job completes once."""
     import redis
 
     server = redis_server()
@@ -260,7 +261,8 @@ class RefusingProxy:
 
 
 def test_postgres_refusing_connections_at_finalisation_job_succeeds_once_when_it_returns(scale_env, workers, tmp_path):
-    """PostgreSQL "down" (a proxy refuses and cuts connections) after training: the worker retries the finalisation, which succeeds once the database returns, without retraining."""
+    """PostgreSQL "down" (a proxy refuses and cuts connections) after training: the worker retries the finalisation,
+    which succeeds once the database returns, without retraining."""
     from sqlalchemy.engine import make_url
 
     direct = make_url(scale_env["STREAMLEARN_DATABASE_URL"])
@@ -324,12 +326,13 @@ def _fill(folder: Path) -> None:
 
 @pytest.mark.parametrize("fault", ["full", "read-only", "folder-is-a-file"])
 def test_artifact_write_failure_fails_the_job_clearly_and_leaves_no_partial_file(fault, service_env, workers, tmp_path):
-    """A full store (a real tmpfs filled up), a read-only store (a real read-only bind mount) or a file where the task's folder goes: the job fails naming the store and the reason, and no file is left."""
+    """A full store (a real tmpfs filled up), a read-only store (a real read-only bind mount) or a file where the task's
+    folder goes: the job fails naming the store and the reason, and no file is left."""
     store = tmp_path / "store"
     store.mkdir()
     mounted = fault in ("full", "read-only")
     if mounted and not _can_mount(tmp_path):
-        pytest.skip("mounting a tmpfs or a read-only bind needs mount privileges here; 'folder-is-a-file' still runs")
+        cannot_run("mounting a tmpfs or a read-only bind needs mount privileges here; 'folder-is-a-file' still runs")
     if fault == "full":
         _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(store))
     env = {**service_env, "STREAMLEARN_ARTIFACTS": str(store)}

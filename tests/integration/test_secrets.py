@@ -8,8 +8,8 @@ a password in its URL (the CI server trusts local connections, so it is sent but
 from __future__ import annotations
 
 import pytest
-
 from conftest import tiny_rows, write_jsonl
+
 from integration.service_helpers import closed_port, ended, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
