@@ -80,3 +80,27 @@ def artifact_files(env: dict[str, str], task: str) -> list[str]:
     """Names of the files in a task's artifact folder (empty when it has none)."""
     root = Path(env.get("STREAMLEARN_ARTIFACTS") or Path(env["STREAMLEARN_HOME"]) / "artifacts") / "tasks" / task
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def deliver_again(env: dict[str, str], job_id: str) -> None:
+    """Publish the job's message once more to the broker of `env`, exactly as `submit-task` sent it: a real duplicate."""
+    code = "import sys; from streamlearn import dispatch; dispatch.enqueue(sys.argv[1])"
+    result = subprocess.run([sys.executable, "-c", code, job_id], env=env, capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+
+
+def deliveries(log_dir: Path, job_id: str) -> int:
+    """How many messages of the job the workers handled to the end: each logs `job ID: <outcome>` once."""
+    text = "\n".join(p.read_text(errors="replace") for p in log_dir.glob("worker-*.log"))
+    return text.count(f"job {job_id}: succeeded") + text.count(f"job {job_id}: failed")
+
+
+def wait_for_deliveries(log_dir: Path, job_id: str, count: int, workers, timeout: float = 60) -> None:
+    """Wait until the workers have handled `count` messages of the job; fail with their logs otherwise."""
+    deadline = time.monotonic() + timeout
+    while deliveries(log_dir, job_id) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job_id}: {deliveries(log_dir, job_id)} of {count} messages handled in {timeout} s\n"
+                        f"--- worker logs ---\n{workers.logs()}")
+        time.sleep(0.2)
