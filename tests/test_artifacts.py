@@ -44,6 +44,19 @@ def test_round_trip_gives_identical_logits_and_metrics(tmp_path, tiny_dataset, t
     ]
 
 
+@pytest.mark.parametrize("method", ["adapter", "layernorm", "top-k", "full"])
+def test_stored_tensors_are_exactly_the_methods_tensors_by_name_and_shape(tmp_path, tiny_dataset, tiny_backbone, method):
+    """The file's own header lists exactly the tensors the method must store (derived from the backbone), nothing else."""
+    from bench.paper_table import expected_shapes, stored_shapes
+
+    config = MethodConfig(method=method, adapter_size=8)
+    info = pipeline.save(pipeline.fit(tiny_dataset, config, FAST, tiny_backbone), tmp_path / "task.safetensors")
+    expected = expected_shapes(tiny_backbone, config, len(tiny_dataset.labels))
+    assert stored_shapes(info.path) == expected
+    header = int.from_bytes(info.path.read_bytes()[:8], "little") + 8
+    assert info.bytes == header + 4 * sum(torch.Size(shape).numel() for shape in expected.values())
+
+
 def test_artifact_is_exactly_two_files_with_a_complete_sidecar(tmp_path, fitted):
     """Saving writes one safetensors file holding only the stored tensors and one JSON sidecar, no temp files."""
     info = pipeline.save(fitted, tmp_path / "out" / "task.safetensors")

@@ -41,7 +41,8 @@ def test_paper_table_writes_results_figure_and_resumes(tiny_data_dir: Path, tiny
         (t, m) for t in ("alpha", "beta") for m in ("adapter", "full", "top-k", "layernorm")}
     for run in data["runs"]:
         assert run["examples"] == {"train": 32, "validation": 8, "test": 12}
-        assert run["bytes"] <= 1.01 * run["stored_params"] * 4 + run["header_bytes"]
+        assert run["tensors_match"], (run["task"], run["method"], run["tensors_mismatch"])
+        assert run["bytes"] == run["stored_params"] * 4 + run["header_bytes"]
     results = (docs / "RESULTS.md").read_text()
     assert results.startswith("# Results") and "python -m bench.paper_table" in results
     assert "adapter ÷ full" in results and "No GPU" in results
