@@ -126,8 +126,10 @@ def follow(job_ids: dict[str, str], worker: subprocess.Popen, log_path: Path) ->
               help="Fresh folder for the demo's catalogue, queue and artifacts (a previous demo's is replaced).")
 @click.option("--epochs", type=click.IntRange(1, 100), default=2, show_default=True, help="Epochs per task.")
 @click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True, help="Tokens per example.")
+@click.option("--data-dir", type=click.Path(file_okay=False, exists=True), default=None, hidden=True,
+              help="Folder with the three tasks' files in the layout of demo_data/ (tests use a smaller copy).")
 @click.pass_context
-def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int) -> None:
+def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int, data_dir: str | None) -> None:
     """Run the service end to end on 3 small real tasks (SST-2, TREC, AG News; 600 training examples each).
 
     In a fresh STREAMLEARN_HOME (default ./streamlearn-demo, embedded mode, no servers) it starts a
@@ -150,7 +152,7 @@ def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int) ->
                   f"filesystem queue, artifacts under {root / 'artifacts'}); worker log: {log_path}")
     worker = start_worker(env, log_path)
     try:
-        data = demo_data_dir()
+        data = Path(data_dir) if data_dir else demo_data_dir()
         job_ids = {}
         for task in DEMO_TASKS:
             submission = jobs.submit(
