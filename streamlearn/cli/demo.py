@@ -107,7 +107,7 @@ def follow(job_ids: dict[str, str], worker: subprocess.Popen, log_path: Path) ->
                 elif info["status"] == "running":
                     bar.start_task(rows[task])
                     bar.update(rows[task], detail="loading data")
-                elif info["status"] in ("succeeded", "failed"):
+                elif info["status"] in ("succeeded", "failed", "cancelled"):
                     final[task] = info
                     total = p["total_steps"] or 1
                     bar.update(rows[task], total=total, completed=total if info["status"] == "succeeded" else p["step"],
@@ -137,9 +137,8 @@ def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int) ->
     """
     from rich.console import Console
 
-    from streamlearn import jobs
     from streamlearn.cli.catalogue import storage_command, tasks_command
-    from streamlearn.data import DataSpec
+    from streamlearn.submission import SubmitRequest, submit
 
     console = Console()
     started = time.monotonic()
@@ -153,13 +152,12 @@ def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int) ->
         data = demo_data_dir()
         job_ids = {}
         for task in DEMO_TASKS:
-            submission = jobs.submit(
+            submission = submit(SubmitRequest.from_options(
                 data / f"{task}.jsonl", name=task, validation=data / f"{task}.validation.jsonl",
-                test=data / f"{task}.test.jsonl", spec=DataSpec(),
-                method={"method": "adapter", "adapter_size": 64, "top_k": 1, "sigma": 1e-2, "pooling": "mean"},
-                train_config={"epochs": epochs, "lr": None, "batch_size": 32, "max_length": max_length, "seed": 0,
-                              "warmup": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0},
-            )
+                test=data / f"{task}.test.jsonl", method="adapter", adapter_size=64, top_k=1, sigma=1e-2,
+                pooling="mean", epochs=epochs, lr=None, batch_size=32, max_length=max_length, seed=0, warmup=0.1,
+                weight_decay=0.0, max_grad_norm=1.0,
+            ))
             job_ids[task] = submission.job_id
             console.print(f"submitted {task}: job {submission.job_id}")
         final = follow(job_ids, worker, log_path)

@@ -23,11 +23,16 @@ BACKBONE_HELP = (
 DATA_LIMITS = """\b
 Limits (an input over one is refused with FILE:LINE: field 'NAME': reason, exit code 2):
   classes        2 to 1000 (--max-classes)
-  line length    1,000,000 bytes (--max-line-bytes), measured after gunzip
+  line length    1,000,000 bytes (--max-line-bytes), measured after gunzip, while reading
+  file size      1 GiB after gunzip (--max-bytes, STREAMLEARN_MAX_DATASET_BYTES), while reading
+  file kind      a regular file (symlinks followed); a directory, device or FIFO is refused
+                 before it is read
   encoding       UTF-8 (a BOM and CRLF line ends are fine); .jsonl.gz is read as gzip
   text           a non-empty string; C0 control characters other than tab/newline/CR are
                  removed, and a text empty after that is refused
-  labels         strings or integers (not floats, booleans, null or nested), one type per file
+  labels         strings or integers (not floats, booleans, null or nested), one type per file;
+                 control characters are removed as in texts; two labels that differ only in
+                 case or surrounding whitespace ("pos", "Pos ") are refused, naming both
   validation/test  labels must occur in DATA; text_pair on every line of every file or on none"""
 """The dataset limits every command that reads a dataset states in its --help."""
 
@@ -84,6 +89,9 @@ def training_options(func):
                      help="Most distinct labels a task may have."),
         click.option("--max-line-bytes", type=click.IntRange(16, None), default=1_000_000, show_default=True,
                      help="Longest accepted line, in bytes (after gunzip)."),
+        click.option("--max-bytes", type=click.IntRange(16, None), default=None,
+                     help="Most bytes a dataset file may hold after gunzip; larger files are refused as soon as "
+                          "the limit is passed. Default: $STREAMLEARN_MAX_DATASET_BYTES, else 1073741824 (1 GiB)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -113,7 +121,7 @@ def backbone_option(func):
 @with_data_limits()
 def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr, batch_size,
                   max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field, max_classes,
-                  max_line_bytes, train_cap, backbone_dir, output, as_json) -> None:
+                  max_line_bytes, max_bytes, train_cap, backbone_dir, output, as_json) -> None:
     """Train one task in this process (no queue, no catalogue) and write its artifact.
 
     DATA is a JSONL (or .jsonl.gz) file with one {"text": ..., "label": ...} object per line, and
@@ -122,9 +130,10 @@ def train_command(data, validation, test_file, method, adapter_size, top_k, sigm
     file is invalid. Device: $STREAMLEARN_DEVICE (auto = CUDA when present).
     """
     from streamlearn.data import DataSpec, load_dataset
+    from streamlearn.settings import get_settings
 
     spec = DataSpec(text_field=text_field, label_field=label_field, max_classes=max_classes,
-                    max_line_bytes=max_line_bytes)
+                    max_line_bytes=max_line_bytes, max_bytes=max_bytes or get_settings().max_dataset_bytes)
     dataset = load_dataset(data, validation, test_file, spec=spec, seed=seed)
     if train_cap is not None:
         dataset = dataset.capped(train_cap, seed=seed)

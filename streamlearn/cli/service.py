@@ -6,8 +6,6 @@ module level (no torch, no celery), so `status` and `jobs` answer instantly.
 
 from __future__ import annotations
 
-import functools
-
 import click
 
 from streamlearn.cli import echo_json, main, make_console
@@ -80,10 +78,11 @@ def worker(concurrency: int, queues: str | None, loglevel: str, pool: str) -> No
 @click.option("--force", is_flag=True, help="Train again even if an identical job exists.")
 @click.option("--wait", is_flag=True, help="Show live progress until the job ends, then its result.")
 @click.option("--json", "as_json", is_flag=True, help="Print {job_id, task, status} as JSON (and trials: [ids] for a sweep).")
-@with_data_limits("task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit")
+@with_data_limits("task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit; unique without",
+                  "               regard to case (Same and same are one name)")
 def submit_task_command(data, name, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr,
                         batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field,
-                        max_classes, max_line_bytes, sweep_name, grid, seeds, prefer_smaller, force, wait,
+                        max_classes, max_line_bytes, max_bytes, sweep_name, grid, seeds, prefer_smaller, force, wait,
                         as_json) -> None:
     """Validate DATA, store it, and queue a training job for a worker.
 
@@ -100,22 +99,18 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
     validation is kept (a tie goes to the smaller artifact; --prefer-smaller EPS keeps the smallest
     within EPS of the best) and the other trials' artifacts are deleted. A grid key overrides its
     flag (m: --adapter-size, lr: --lr, epochs: --epochs); `status JOB` shows the trials.    """
-    from streamlearn import jobs, sweep, trials
-    from streamlearn.data import DataSpec
+    from streamlearn import sweep
+    from streamlearn.settings import get_settings
+    from streamlearn.submission import SubmitRequest, submit
 
     spec = sweep.resolve(sweep_name, grid, seeds, prefer_smaller)
-    # Plain dicts with every field of MethodConfig and TrainConfig (their defaults are the flags'
-    # defaults, checked by a test): building the dataclasses would import torch, and submit-task
-    # must answer fast.
-    submit = jobs.submit if spec is None else functools.partial(trials.submit_sweep, sweep=spec)
-    submission = submit(
-        data, name=name, validation=validation, test=test_file, force=force,
-        method={"method": method, "adapter_size": adapter_size, "top_k": top_k, "sigma": sigma, "pooling": pooling},
-        train_config={"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed,
-                      "warmup": warmup, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm},
-        spec=DataSpec(text_field=text_field, label_field=label_field, max_classes=max_classes,
-                      max_line_bytes=max_line_bytes),
-    )
+    submission = submit(SubmitRequest.from_options(
+        data, name=name, validation=validation, test=test_file, force=force, sweep=spec, method=method,
+        adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling, epochs=epochs, lr=lr,
+        batch_size=batch_size, max_length=max_length, seed=seed, warmup=warmup, weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm, text_field=text_field, label_field=label_field, max_classes=max_classes,
+        max_line_bytes=max_line_bytes, max_bytes=max_bytes or get_settings().max_dataset_bytes,
+    ))
     status = submission.status
     trial_ids = None if spec is None else [t["job_id"] for t in _job(submission.job_id)["trials"]]
     if not as_json:

@@ -15,7 +15,7 @@ import click
 
 from streamlearn.cli import make_console
 
-TERMINAL = ("succeeded", "failed")
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def sweep_options(func):
