@@ -314,14 +314,30 @@ def remove_stale_temps(store: ArtifactStore, max_age: float = 3600.0) -> list[Pa
         The files removed.
     """
     cutoff, removed = time.time() - max_age, []
-    for folder in (store.root / "datasets", store.root / "tasks"):
-        if not folder.is_dir():
+    for path in temporary_files(store):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
             continue
-        for path in folder.rglob("*.tmp"):
-            try:
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed.append(path)
-            except FileNotFoundError:
-                continue
     return removed
+
+
+def _files(folder: Path, pattern: str) -> list[Path]:
+    return sorted(folder.rglob(pattern)) if folder.is_dir() else []
+
+
+def temporary_files(store: ArtifactStore) -> list[Path]:
+    """Every temporary file (`*.tmp`) in the store's `datasets/` and `tasks/` folders."""
+    return _files(store.root / "datasets", "*.tmp") + _files(store.root / "tasks", "*.tmp")
+
+
+def stored_datasets(store: ArtifactStore) -> dict[str, Path]:
+    """sha256 -> stored dataset copy, for every copy in `datasets/`."""
+    return {p.name.split(".")[0]: p for p in _files(store.root / "datasets", "*.jsonl*") if not p.name.startswith(".")}
+
+
+def artifact_files(store: ArtifactStore) -> list[Path]:
+    """Every task artifact (`tasks/<task>/<job>.safetensors`) in the store."""
+    return _files(store.root / "tasks", "*.safetensors")

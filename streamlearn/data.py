@@ -9,10 +9,11 @@ or mangle them anyway; a text that is empty after stripping is rejected as empty
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -273,6 +274,44 @@ def _read_numbered(source: DatasetFile, spec: DataSpec, require_label: bool) -> 
     if len(labels) > spec.max_classes:
         raise InvalidDataset(f"{path}: field {spec.label_field!r}: {len(labels):,} classes, over the limit of {spec.max_classes:,}")
     return examples
+
+
+def read_input(source: DatasetFile, spec: DataSpec = DataSpec()) -> list[Example]:
+    """Read prediction input: JSONL (labels optional) when its first non-blank line is an object, else one text per line.
+
+    Raises:
+        InvalidDataset: a bad JSONL line, or a plain line that is not UTF-8 (naming the line).
+    """
+    lines = iter(source)
+    head = []
+    for item in lines:
+        head.append(item)
+        if item[1].strip():
+            break
+    replay = _Replay(source.path, itertools.chain(head, lines))
+    if head and head[-1][1].lstrip().startswith(b"{"):
+        return [ex for _, ex in _read_numbered(replay, spec, require_label=False)]
+    examples = []
+    for lineno, line, _ in replay:
+        if not line.strip():
+            continue
+        try:
+            examples.append(Example(line.decode("utf-8"), None))
+        except UnicodeDecodeError as exc:
+            raise InvalidDataset(f"{source.path}:{lineno}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column "
+                                 f"{exc.start + 1})") from None
+    return examples
+
+
+@dataclass
+class _Replay:
+    """The lines of a source, some already read: what `_read_numbered` iterates."""
+
+    path: Path
+    lines: Iterator[tuple[int, bytes, bool]]
+
+    def __iter__(self) -> Iterator[tuple[int, bytes, bool]]:
+        return self.lines
 
 
 def _sorted_labels(examples: list[Example]) -> tuple[str, ...]:

@@ -85,11 +85,14 @@ class DatasetFile:
         max_line_bytes: Longest line accepted, in decompressed bytes.
         max_bytes: Most decompressed bytes accepted.
         copy_to: A binary file that receives the raw bytes as read (the store's temporary copy).
+        stream: Read this already open binary stream (standard input) instead of opening `path`,
+            which then only names it in messages.
     """
 
     def __init__(self, path: str | Path, max_line_bytes: int, max_bytes: int = DEFAULT_MAX_BYTES,
-                 copy_to: BinaryIO | None = None) -> None:
+                 copy_to: BinaryIO | None = None, stream: BinaryIO | None = None) -> None:
         self.path = Path(path)
+        self.stream = stream
         self.max_line_bytes = max_line_bytes
         self.max_bytes = max_bytes
         self.copy_to = copy_to
@@ -99,7 +102,7 @@ class DatasetFile:
         """Decompressed bytes read so far."""
 
     def _open(self) -> BinaryIO:
-        return open_regular(self.path)
+        return self.stream if self.stream is not None else open_regular(self.path)
 
     def _raw_chunks(self) -> Iterator[bytes]:
         digest = hashlib.sha256()
@@ -138,7 +141,7 @@ class DatasetFile:
 
     def _decompressed(self) -> Iterator[bytes]:
         chunks = self._raw_chunks()
-        if self.path.name.endswith(".gz"):
+        if self.stream is None and self.path.name.endswith(".gz"):
             chunks = self._gunzip(chunks)
         for piece in chunks:
             self.size += len(piece)

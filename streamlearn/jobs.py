@@ -256,3 +256,24 @@ def artifact_plans(task: str | None) -> list[tuple[JobPlan, str, str, dict]]:
             stored = queries.job_status(s, row["artifact_job_id"])["metrics"]
             plans.append((plan, row["uri"], row["sha256"], stored))
     return plans
+
+
+def cancel(job_id: str) -> list[str]:
+    """Cancel a queued or running job; for a sweep, also every trial that has not ended.
+
+    A queued job never starts (its message is skipped); a running one stops at its next step once
+    its worker's next heartbeat sees the change, and keeps no artifact.
+
+    Returns:
+        The ids cancelled.
+
+    Raises:
+        UnknownJob: no such job.
+        InvalidConfig: the job already ended (succeeded, failed or cancelled).
+    """
+    with session_scope() as s:
+        job = records.find_job(s, job_id)
+        if job.status in records.ENDED:
+            raise InvalidConfig(f"job {job.id} already {job.status}; nothing to cancel")
+        return records.mark_cancelled(s, job.id)
+

@@ -246,6 +246,10 @@ def run_task(job_id: str) -> str:
         jobs.finalise(job_id, path, metadata, backbone.info)
     except JobSuperseded as lost:
         log.warning("%s", lost)
+        if lost.cancelled:
+            store = ArtifactStore(settings.artifacts)
+            store.delete_task_artifact(store.task_artifact_path(plan.task, job_id))  # nothing of it is kept
+            return "cancelled"
         return "superseded"
     except records.InvalidTransition as lost:
         # Another worker requeued or finished the job meanwhile: it is theirs now; failing it here

@@ -24,7 +24,8 @@ from typing import Any
 
 from streamlearn import jobs, trials
 from streamlearn.artifacts import ArtifactStore, DatasetStaging
-from streamlearn.catalogue.models import JobKind
+from streamlearn.catalogue import records
+from streamlearn.catalogue.models import JobKind, JobStatus
 from streamlearn.catalogue.session import session_scope
 from streamlearn.data import DataSpec, load_dataset
 from streamlearn.errors import InvalidConfig
@@ -122,5 +123,32 @@ def submit(request: SubmitRequest) -> jobs.Submission:
     if request.sweep is not None:
         trials.enqueue_trials(submission.job_id, trial_ids)
     elif submission.created:
+        jobs.enqueue_or_fail(submission.job_id)
+    return submission
+
+
+def retry(job_id: str) -> jobs.Submission:
+    """Queue a failed or cancelled job again, as a new job with the same task and hyperparameters.
+
+    A sweep is retried as a new sweep with its whole grid; a single trial is retried through its sweep.
+
+    Raises:
+        UnknownJob: no such job.
+        InvalidConfig: the job did not fail or was not cancelled, or it is a trial.
+    """
+    trial_ids: list[str] = []
+    with session_scope() as s:
+        job = records.find_job(s, job_id)
+        if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise InvalidConfig(f"job {job.id} is {job.status}; only a failed or cancelled job can be retried")
+        if job.kind == JobKind.TRIAL:
+            raise InvalidConfig(f"job {job.id} is a trial of sweep {job.parent_id}; retry the sweep")
+        new = records.create_job(s, job.task, method=job.method, hyperparameters=job.hyperparameters, kind=job.kind)
+        if job.kind == JobKind.SWEEP:
+            trial_ids = trials.create_trials(s, job.task, new.id, job.hyperparameters)
+        submission = jobs.Submission(new.id, job.task.name, str(new.status), True)
+    if job.kind == JobKind.SWEEP:
+        trials.enqueue_trials(submission.job_id, trial_ids)
+    else:
         jobs.enqueue_or_fail(submission.job_id)
     return submission

@@ -55,15 +55,18 @@ def record_sweep(s: Session, name: str, dataset: Dataset, sweep: SweepSpec, base
     Returns:
         The sweep's submission and the new trials' ids (none for an identical resubmit).
     """
-    trial_params = sweep.trials(base)
-    task, parent, created = jobs.record_submission(s, name, dataset, {"sweep": sweep.to_dict(), "base": base}, spec,
-                                                   force, kind=JobKind.SWEEP)
-    trial_ids = [
-        records.create_job(s, task, method=params["method"]["method"], hyperparameters=params,
-                           kind=JobKind.TRIAL, parent_id=parent.id).id
-        for params in (trial_params if created else [])
-    ]
+    sweep.trials(base)  # refuse a grid the method cannot take before recording anything
+    params = {"sweep": sweep.to_dict(), "base": base}
+    task, parent, created = jobs.record_submission(s, name, dataset, params, spec, force, kind=JobKind.SWEEP)
+    trial_ids = create_trials(s, task, parent.id, params) if created else []
     return jobs.Submission(parent.id, task.name, str(parent.status), created), trial_ids
+
+
+def create_trials(s: Session, task, sweep_id: str, sweep_params: dict) -> list[str]:
+    """Record one queued trial job per grid point of a sweep (`{"sweep": spec, "base": hyperparameters}`)."""
+    grid = SweepSpec.from_dict(sweep_params["sweep"]).trials(sweep_params["base"])
+    return [records.create_job(s, task, method=params["method"]["method"], hyperparameters=params,
+                               kind=JobKind.TRIAL, parent_id=sweep_id).id for params in grid]
 
 
 def enqueue_trials(sweep_id: str, trial_ids: list[str]) -> None:

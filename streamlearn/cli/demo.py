@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from streamlearn.cli import main
+from streamlearn.cli.console import plain, visible
 from streamlearn.errors import InvalidConfig, StreamlearnError
 
 DEMO_TASKS = ("sst2", "trec", "ag_news")
@@ -89,8 +90,8 @@ def follow(job_ids: dict[str, str], worker: subprocess.Popen, log_path: Path) ->
     from streamlearn.catalogue.queries import job_status
     from streamlearn.catalogue.session import session_scope
 
-    columns = (TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description:<8}", markup=False), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn())
     final: dict[str, dict] = {}
     with Progress(*columns, console=Console(stderr=True)) as bar:
         rows = {task: bar.add_task(task, total=None, detail="queued", start=False) for task in job_ids}
@@ -145,8 +146,11 @@ def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int) ->
     root = fresh_home(Path(home))
     env = use_home(root)
     log_path = root / "worker.log"
-    console.print(f"[bold]streamlearn demo[/bold] in [cyan]{root}[/cyan] (embedded mode: SQLite catalogue, "
-                  f"filesystem queue, artifacts under {root / 'artifacts'}); worker log: {log_path}")
+    from rich.markup import escape
+
+    console.print(f"[bold]streamlearn demo[/bold] in [cyan]{escape(visible(root))}[/cyan] (embedded mode: SQLite "
+                  f"catalogue, filesystem queue, artifacts under {escape(visible(root / 'artifacts'))}); worker log: "
+                  f"{escape(visible(log_path))}")
     worker = start_worker(env, log_path)
     try:
         data = demo_data_dir()
@@ -166,7 +170,7 @@ def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int) ->
     trained = time.monotonic() - started
     for task, info in final.items():
         if info["status"] != "succeeded":
-            console.print(f"[red]{task} failed: {info['error']}[/red]")
+            console.print(plain(f"{task} failed: {info['error']}", style="red"))
     ctx.invoke(tasks_command, as_json=False)
     plot_file = root / "storage.png"
     ctx.invoke(storage_command, as_json=False, plot_file=str(plot_file))
