@@ -8,6 +8,7 @@ or mangle them anyway; a text that is empty after stripping is rejected as empty
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -61,8 +62,8 @@ class DataSpec:
             raise InvalidDataset("max_classes must be at least 2")
         if self.max_line_bytes < 16:
             raise InvalidDataset("max_line_bytes must be at least 16")
-        if self.max_bytes < self.max_line_bytes:
-            raise InvalidDataset("max_bytes must be at least max_line_bytes")
+        if self.max_bytes < 16:
+            raise InvalidDataset("max_bytes must be at least 16")
 
 
 @dataclass(frozen=True)
@@ -384,7 +385,7 @@ def load_dataset(
     if not 0 < val_fraction < 1:
         raise InvalidDataset(f"val_fraction must be in (0, 1), got {val_fraction}")
     sources = {split: DatasetFile(path, spec.max_line_bytes, spec.max_bytes,
-                                  copy_to(split, Path(path)) if copy_to is not None else None)
+                                  None if copy_to is None else functools.partial(copy_to, split, Path(path)))
                for split, path in (("train", train), ("validation", validation), ("test", test)) if path is not None}
     dataset = _load(sources, spec, seed, val_fraction)
     for split, want in (expected or {}).items():

@@ -21,7 +21,7 @@ import hashlib
 import os
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -84,13 +84,14 @@ class DatasetFile:
         path: The file (`.gz` is inflated).
         max_line_bytes: Longest line accepted, in decompressed bytes.
         max_bytes: Most decompressed bytes accepted.
-        copy_to: A binary file that receives the raw bytes as read (the store's temporary copy).
+        copy_to: Called once the file is open; returns the binary file that receives the raw bytes
+            as read (the store's temporary copy), so a file refused before reading gets no copy.
         stream: Read this already open binary stream (standard input) instead of opening `path`,
             which then only names it in messages.
     """
 
     def __init__(self, path: str | Path, max_line_bytes: int, max_bytes: int = DEFAULT_MAX_BYTES,
-                 copy_to: BinaryIO | None = None, stream: BinaryIO | None = None) -> None:
+                 copy_to: Callable[[], BinaryIO] | None = None, stream: BinaryIO | None = None) -> None:
         self.path = Path(path)
         self.stream = stream
         self.max_line_bytes = max_line_bytes
@@ -107,10 +108,11 @@ class DatasetFile:
     def _raw_chunks(self) -> Iterator[bytes]:
         digest = hashlib.sha256()
         with self._open() as fh:
+            copy = self.copy_to() if self.copy_to is not None else None
             while chunk := fh.read(CHUNK_BYTES):
                 digest.update(chunk)
-                if self.copy_to is not None:
-                    self.copy_to.write(chunk)
+                if copy is not None:
+                    copy.write(chunk)
                 yield chunk
         self.sha256 = digest.hexdigest()
 
