@@ -288,9 +288,8 @@ def render_predictions(result: dict, as_json: bool, as_jsonl: bool = False) -> N
     if as_jsonl:
         import json
 
-        out = click.get_text_stream("stdout")
         for row in result["predictions"]:
-            out.write(json.dumps(row) + "\n")
+            click.echo(json.dumps(row))
         if "accuracy" in result:
             click.echo(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}", err=True)
         return
