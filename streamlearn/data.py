@@ -8,18 +8,21 @@ or mangle them anyway; a text that is empty after stripping is rejected as empty
 
 from __future__ import annotations
 
-import gzip
+import functools
 import hashlib
+import itertools
 import json
 import random
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from streamlearn.errors import InvalidDataset
+from streamlearn.datafile import DEFAULT_MAX_BYTES, DatasetFile
+from streamlearn.errors import InvalidConfig, InvalidDataset
 
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class DataSpec:
     """Most distinct labels a task may have."""
     max_line_bytes: int = 1_000_000
     """Longest line accepted, in bytes (guards against a file that is one huge line)."""
+    max_bytes: int = DEFAULT_MAX_BYTES
+    """Most (decompressed) bytes a file may hold (`STREAMLEARN_MAX_DATASET_BYTES`, `--max-bytes`)."""
 
     def __post_init__(self) -> None:
         names = (self.text_field, self.label_field, self.pair_field)
@@ -57,6 +62,8 @@ class DataSpec:
             raise InvalidDataset("max_classes must be at least 2")
         if self.max_line_bytes < 16:
             raise InvalidDataset("max_line_bytes must be at least 16")
+        if self.max_bytes < 16:
+            raise InvalidDataset("max_bytes must be at least 16")
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,8 @@ class Dataset:
     """Label names as strings, sorted (numerically when the labels are integers)."""
     files: dict[str, str] = field(default_factory=dict)
     """Split name -> path given by the user; "validation" is absent when it was carved from train."""
+    digests: dict[str, str] = field(default_factory=dict)
+    """Split name -> sha256 of the bytes that were read and validated (the same keys as `files`)."""
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
@@ -98,7 +107,7 @@ class Dataset:
             return self
         keep = _stratified_pick(self.train, n / len(self.train), seed, min_per_class=1)
         train = [ex for i, ex in enumerate(self.train) if i in keep]
-        return Dataset(train, self.validation, self.test, self.labels, dict(self.files))
+        return Dataset(train, self.validation, self.test, self.labels, dict(self.files), dict(self.digests))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -110,35 +119,8 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _read_bytes(path: Path) -> bytes:
-    if path.is_dir():
-        raise InvalidDataset(f"{path}: is a directory, not a JSONL file")
-    if not path.exists():
-        raise InvalidDataset(f"{path}: no such file")
-    try:
-        raw = path.read_bytes()
-    except PermissionError:
-        raise InvalidDataset(f"{path}: cannot be read (permission denied)") from None
-    except OSError as exc:
-        raise InvalidDataset(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise InvalidDataset(f"{path}: not a valid gzip file ({exc})") from None
-    if not raw:
-        raise InvalidDataset(f"{path}: file is empty")
-    if raw.startswith(_BOM):
-        raw = raw[len(_BOM) :]
-    if not raw.strip():
-        raise InvalidDataset(f"{path}: file holds only whitespace, no examples")
-    return raw
-
-
 def _decode(path: Path, lineno: int, line: bytes, last: bool, first: bool, spec: DataSpec) -> dict:
     where = f"{path}:{lineno}"
-    if len(line) > spec.max_line_bytes:
-        raise InvalidDataset(f"{where}: line is {len(line):,} bytes, over the limit of {spec.max_line_bytes:,}")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -218,9 +200,16 @@ def _label(where: str, obj: dict, name: str) -> str | int:
     value = obj[name]
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidDataset(f"{where}: field {name!r}: a label must be a string or an integer, got {_kind(value)}")
-    if isinstance(value, str) and not value.strip():
-        raise InvalidDataset(f"{where}: field {name!r}: empty label")
+    if isinstance(value, str):
+        value = _CONTROL.sub("", value)  # the text policy, applied to labels too
+        if not value.strip():
+            raise InvalidDataset(f"{where}: field {name!r}: empty label")
     return value
+
+
+def _label_key(label: str | int) -> str | int:
+    """Labels with one key look alike to a reader ("pos", "Pos ", "POS"): a file may use only one of them."""
+    return label.strip().casefold() if isinstance(label, str) else label
 
 
 def read_jsonl(path: str | Path, spec: DataSpec = DataSpec(), require_label: bool = True) -> list[Example]:
@@ -237,23 +226,30 @@ def read_jsonl(path: str | Path, spec: DataSpec = DataSpec(), require_label: boo
     Raises:
         InvalidDataset: With a "FILE:LINE: field 'NAME': problem" message for the first bad line.
     """
-    return [ex for _, ex in _read_numbered(Path(path), spec, require_label)]
+    return [ex for _, ex in _read_numbered(DatasetFile(path, spec.max_line_bytes, spec.max_bytes), spec, require_label)]
 
 
-def _read_numbered(path: Path, spec: DataSpec, require_label: bool) -> list[tuple[int, Example]]:
-    lines = _read_bytes(path).split(b"\n")
+def _read_numbered(source: DatasetFile, spec: DataSpec, require_label: bool) -> list[tuple[int, Example]]:
+    """Validate every line of one pass over `source` (which hashes, and may copy, the same bytes)."""
+    path = source.path
     examples: list[tuple[int, Example]] = []
     label_type: tuple[type, int] | None = None
     pair_seen: tuple[bool, int] | None = None
-    for lineno, line in enumerate(lines, start=1):
-        line = line.rstrip(b"\r")
+    spellings: dict[str | int, tuple[str | int, int]] = {}
+    for lineno, line, last in source:
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        obj = _decode(path, lineno, line, lineno == len(lines), not examples, spec)
+        obj = _decode(path, lineno, line, last, not examples, spec)
         text = _text(where, obj, spec.text_field, "--text-field")
         label = _label(where, obj, spec.label_field) if require_label or spec.label_field in obj else None
         if label is not None:
+            seen = spellings.setdefault(_label_key(label), (label, lineno))
+            if seen[0] != label:
+                raise InvalidDataset(
+                    f"{where}: field {spec.label_field!r}: label {label!r} differs from label {seen[0]!r} of line "
+                    f"{seen[1]} only in case or surrounding whitespace; write every label one way"
+                )
             if label_type is None:
                 label_type = (type(label), lineno)
             elif type(label) is not label_type[0]:
@@ -273,10 +269,50 @@ def _read_numbered(path: Path, spec: DataSpec, require_label: bool) -> list[tupl
             )
         pair = _text(where, obj, spec.pair_field, "the pair field") if has_pair else None
         examples.append((lineno, Example(text, label, pair)))
+    if not examples:
+        raise InvalidDataset(f"{path}: file holds only whitespace, no examples")
     labels = {ex.label for _, ex in examples if ex.label is not None}
     if len(labels) > spec.max_classes:
         raise InvalidDataset(f"{path}: field {spec.label_field!r}: {len(labels):,} classes, over the limit of {spec.max_classes:,}")
     return examples
+
+
+def read_input(source: DatasetFile, spec: DataSpec = DataSpec()) -> list[Example]:
+    """Read prediction input: JSONL (labels optional) when its first non-blank line is an object, else one text per line.
+
+    Raises:
+        InvalidDataset: a bad JSONL line, or a plain line that is not UTF-8 (naming the line).
+    """
+    lines = iter(source)
+    head = []
+    for item in lines:
+        head.append(item)
+        if item[1].strip():
+            break
+    replay = _Replay(source.path, itertools.chain(head, lines))
+    if head and head[-1][1].lstrip().startswith(b"{"):
+        return [ex for _, ex in _read_numbered(replay, spec, require_label=False)]
+    examples = []
+    for lineno, line, _ in replay:
+        if not line.strip():
+            continue
+        try:
+            examples.append(Example(line.decode("utf-8"), None))
+        except UnicodeDecodeError as exc:
+            raise InvalidDataset(f"{source.path}:{lineno}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column "
+                                 f"{exc.start + 1})") from None
+    return examples
+
+
+@dataclass
+class _Replay:
+    """The lines of a source, some already read: what `_read_numbered` iterates."""
+
+    path: Path
+    lines: Iterator[tuple[int, bytes, bool]]
+
+    def __iter__(self) -> Iterator[tuple[int, bytes, bool]]:
+        return self.lines
 
 
 def _sorted_labels(examples: list[Example]) -> tuple[str, ...]:
@@ -298,8 +334,9 @@ def _stratified_pick(examples: list[Example], fraction: float, seed: int, min_pe
     return picked
 
 
-def _check_split(name: str, path: str | Path, spec: DataSpec, train: list[Example]) -> list[Example]:
-    numbered = _read_numbered(Path(path), spec, require_label=True)
+def _check_split(name: str, source: DatasetFile, spec: DataSpec, train: list[Example]) -> list[Example]:
+    path = source.path
+    numbered = _read_numbered(source, spec, require_label=True)
     examples = [ex for _, ex in numbered]
     known = {str(ex.label) for ex in train}
     train_type = type(train[0].label)
@@ -321,8 +358,10 @@ def load_dataset(
     spec: DataSpec = DataSpec(),
     seed: int = 0,
     val_fraction: float = 0.1,
+    copy_to: Callable[[str, Path], BinaryIO] | None = None,
+    expected: dict[str, str] | None = None,
 ) -> Dataset:
-    """Read and validate a task's files; carve a seeded, stratified validation split when none is given.
+    """Read and validate a task's files, each in one pass; carve a seeded, stratified validation split when none is given.
 
     Args:
         train: Training JSONL file.
@@ -331,22 +370,45 @@ def load_dataset(
         spec: Field names and limits.
         seed: Seed of the carved split.
         val_fraction: Fraction of each class moved to validation when carving.
+        copy_to: `copy_to(split, path)` returns a binary file that receives the raw bytes of that
+            split's file as they are read (the store's staging copy), so the bytes validated,
+            hashed and stored are the same bytes.
+        expected: Split -> sha256 the bytes must have (a stored copy being loaded again).
 
     Returns:
-        The validated Dataset. Nothing is written.
+        The validated Dataset, with the sha256 of each file read in `digests`.
 
     Raises:
-        InvalidDataset: On the first problem, naming file, line and field.
+        InvalidDataset: On the first problem, naming file, line and field, or a file whose bytes
+            do not match `expected`.
     """
     if not 0 < val_fraction < 1:
         raise InvalidDataset(f"val_fraction must be in (0, 1), got {val_fraction}")
-    train_examples = read_jsonl(train, spec)
+    sources = {split: DatasetFile(path, spec.max_line_bytes, spec.max_bytes,
+                                  None if copy_to is None else functools.partial(copy_to, split, Path(path)))
+               for split, path in (("train", train), ("validation", validation), ("test", test)) if path is not None}
+    dataset = _load(sources, spec, seed, val_fraction)
+    for split, want in (expected or {}).items():
+        got = dataset.digests.get(split)
+        if got != want:
+            raise InvalidDataset(
+                f"{sources[split].path}: the stored {split} file is corrupt (sha256 {str(got)[:12]}, recorded "
+                f"{want[:12]}); submitting the original file again replaces the copy"
+            )
+    return dataset
+
+
+def _load(sources: dict[str, DatasetFile], spec: DataSpec, seed: int, val_fraction: float) -> Dataset:
+    train = sources["train"].path
+    train_examples = [ex for _, ex in _read_numbered(sources["train"], spec, require_label=True)]
     labels = _sorted_labels(train_examples)
     if len(labels) < 2:
         raise InvalidDataset(
             f"{train}: field {spec.label_field!r}: only {len(labels)} class ({labels[0]!r}); a task needs at least 2"
         )
     files = {"train": str(train)}
+    validation, test = sources.get("validation"), sources.get("test")
+    validation, test = (None if s is None else s.path for s in (validation, test))
     if validation is None:
         carved = _stratified_pick(train_examples, val_fraction, seed, min_per_class=0)
         counts: dict[str, int] = {}
@@ -359,10 +421,48 @@ def load_dataset(
         val_examples = [ex for i, ex in enumerate(train_examples) if i in carved]
         train_examples = [ex for i, ex in enumerate(train_examples) if i not in carved]
     else:
-        val_examples = _check_split("validation", validation, spec, train_examples)
+        val_examples = _check_split("validation", sources["validation"], spec, train_examples)
         files["validation"] = str(validation)
     test_examples: list[Example] = []
     if test is not None:
-        test_examples = _check_split("test", test, spec, train_examples)
+        test_examples = _check_split("test", sources["test"], spec, train_examples)
         files["test"] = str(test)
-    return Dataset(train_examples, val_examples, test_examples, labels, files)
+    digests = {split: source.sha256 for split, source in sources.items()}
+    return Dataset(train_examples, val_examples, test_examples, labels, files, digests)
+
+
+def check_inputs(texts: Sequence[str], pairs: Sequence[str] | None, pair_task: bool) -> tuple[list[str], list[str] | None]:
+    """Check prediction inputs against the task and clean them by the training text policy.
+
+    A pair task needs a second text for every input, a single-text task takes none, and a text
+    that is empty once control characters are removed is refused, as training refuses it.
+
+    Args:
+        texts: The texts to classify.
+        pairs: The second texts, or None.
+        pair_task: Whether the task was trained on text pairs.
+
+    Returns:
+        (texts, pairs) with control characters removed.
+
+    Raises:
+        InvalidConfig: one line naming the first input that disagrees with the task.
+    """
+    if pair_task and pairs is None:
+        raise InvalidConfig("this is a sentence-pair task: every input needs a text_pair (JSONL input with \"text_pair\")")
+    if not pair_task and pairs is not None:
+        raise InvalidConfig("this task takes single texts, but the input has text_pair; drop the second texts")
+    if pairs is not None and len(pairs) != len(texts):
+        raise InvalidConfig(f"{len(texts)} texts but {len(pairs)} text pairs")
+    cleaned = []
+    for kind, values in (("text", texts), ("text_pair", pairs or ())):
+        out = []
+        for i, value in enumerate(values, 1):
+            if not isinstance(value, str):
+                raise InvalidConfig(f"input {i}: {kind} must be a string, got {_kind(value)}")
+            value = _CONTROL.sub("", value)
+            if not value.strip():
+                raise InvalidConfig(f"input {i}: empty {kind}")
+            out.append(value)
+        cleaned.append(out)
+    return cleaned[0], cleaned[1] if pairs is not None else None

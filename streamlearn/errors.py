@@ -47,3 +47,11 @@ class BrokerUnavailable(StreamlearnError):
 
 class TransientError(StreamlearnError):
     """A dependency (database, artifact store) is briefly unavailable; the worker retries."""
+
+
+class CatalogueUnusable(StreamlearnError):
+    """The catalogue database is corrupt, not a catalogue, or not the one this process opened."""
+
+
+class JobCancelled(StreamlearnError):
+    """The job was cancelled (`streamlearn cancel`); it stops at its next step."""

@@ -6,8 +6,9 @@ also while the job evaluates or saves, when no step reports. The reconcile step 
 treats a job without a fresh heartbeat as orphaned (see `streamlearn.recovery`).
 
 The write is conditional on this worker still owning the job. If another worker took it over
-(this one was presumed dead), the next `progress` call raises `JobSuperseded` and the job is
-dropped here without touching its row. A job that runs past the time limit raises `JobTimedOut`.
+(this one was presumed dead) or the job was cancelled, the next `progress` call raises
+`JobSuperseded` and the job is dropped here without touching its row: a cancelled job stops at the
+first training step after the next heartbeat (at most `STREAMLEARN_PROGRESS_INTERVAL` later). A job that runs past the time limit raises `JobTimedOut`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ log = logging.getLogger("streamlearn.worker")
 
 
 class JobSuperseded(RuntimeError):
-    """Another worker owns this job now; stop working on it and leave its row alone.
+    """Another worker owns this job now, or it was cancelled; stop working on it and leave its row alone.
 
     Deliberately not a StreamlearnError: it must not fail the job.
     """
+
+    def __init__(self, message: str, cancelled: bool = False) -> None:
+        super().__init__(message)
+        self.cancelled = cancelled
+        """True when the job was cancelled (`streamlearn cancel`) rather than taken over."""
 
 
 class JobTimedOut(StreamlearnError):
@@ -51,6 +57,7 @@ class Heartbeat:
         self._latest: tuple[int, int, int, float | None] | None = None
         self._written: tuple[int, int, int, float | None] | None = None
         self._lost = threading.Event()
+        self._cancelled = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
@@ -77,6 +84,8 @@ class Heartbeat:
     def check(self) -> None:
         """Raise JobSuperseded or JobTimedOut when the job must stop here."""
         if self._lost.is_set():
+            if self._cancelled:
+                raise JobSuperseded(f"job {self.job_id} was cancelled; stopped at this step", cancelled=True)
             raise JobSuperseded(f"job {self.job_id} was taken over by another worker")
         if time.monotonic() > self.deadline:
             raise JobTimedOut(f"the job ran past the time limit of {self.time_limit:.0f} s (STREAMLEARN_TASK_TIME_LIMIT)")
@@ -104,5 +113,20 @@ class Heartbeat:
         if owned:
             self._written = latest
         else:
-            log.warning("job %s: no longer running on this worker; dropping it", self.job_id)
+            self._cancelled = self._status() == "cancelled"
+            log.warning("job %s: %s; dropping it", self.job_id,
+                        "cancelled" if self._cancelled else "no longer running on this worker")
             self._lost.set()
+
+    def _status(self) -> str | None:
+        from sqlalchemy import select
+
+        from streamlearn.catalogue.models import Job
+        from streamlearn.catalogue.session import session_scope
+
+        try:
+            with session_scope(readonly=True) as s:
+                status = s.scalar(select(Job.status).where(Job.id == self.job_id))
+        except Exception:  # the catalogue is briefly down: treat it as a takeover, which also stops the job
+            return None
+        return None if status is None else str(status)

@@ -12,19 +12,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.orm import Session
+
 from streamlearn.artifacts import ArtifactStore
 from streamlearn.catalogue import queries, records
-from streamlearn.catalogue.models import Job, JobKind, JobStatus, utcnow
+from streamlearn.catalogue.models import Job, JobKind, JobStatus, Task, utcnow
 from streamlearn.catalogue.session import session_scope
 from streamlearn.data import Dataset, DataSpec, load_dataset
 from streamlearn.errors import InvalidConfig, StreamlearnError, TransientError, UnknownTask
+from streamlearn.names import check_task_name
 from streamlearn.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # these import torch; `submit` (and so `submit-task`) must stay light
@@ -33,10 +36,6 @@ if TYPE_CHECKING:  # these import torch; `submit` (and so `submit-task`) must st
     from streamlearn.training import TrainConfig
 
 log = logging.getLogger("streamlearn.worker")
-
-TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-"""Task names: letters, digits, '.', '_', '-'; 1-64 characters; no leading dot or dash; never '..'."""
-
 
 @dataclass(frozen=True)
 class Submission:
@@ -75,12 +74,10 @@ def task_name(name: str | None, train_path: str | Path) -> str:
         name = Path(train_path).name
         for suffix in (".gz", ".jsonl", ".json"):
             name = name.removesuffix(suffix)
-    if not TASK_NAME_RE.fullmatch(name) or ".." in name:
-        raise InvalidConfig(
-            f"task name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (pass --name)"
-        )
-    return name
+    try:
+        return check_task_name(name)
+    except InvalidConfig as exc:
+        raise InvalidConfig(f"{exc} (pass --name)") from None
 
 
 def hyperparameters(method: dict, train: dict, spec: DataSpec) -> dict:
@@ -98,44 +95,6 @@ def hyperparameters(method: dict, train: dict, spec: DataSpec) -> dict:
     }
 
 
-def submit(
-    train: str | Path,
-    *,
-    method: dict,
-    train_config: dict,
-    spec: DataSpec,
-    name: str | None = None,
-    validation: str | Path | None = None,
-    test: str | Path | None = None,
-    force: bool = False,
-) -> Submission:
-    """Validate -> store -> catalogue -> enqueue (see `pipeline.submit_task`, the typed entry point).
-
-    Args:
-        train: The training JSONL file.
-        method: `MethodConfig.to_dict()` (every field, so identical submissions hash alike).
-        train_config: `TrainConfig.to_dict()` (every field).
-        spec: Field names and limits of the files.
-        name: Task name; default: the training file's stem.
-        validation: Validation file; default: a seeded stratified 10% of train.
-        test: Optional test file.
-        force: Make a new job even when an identical one exists.
-    """
-    name = task_name(name, train)
-    dataset = load_dataset(train, validation, test, spec=spec, seed=int(train_config.get("seed", 0)))
-    files = store_dataset(dataset)
-    submission = record_submission(name, dataset, files, hyperparameters(method, train_config, spec), spec, force)
-    if submission.created:
-        enqueue_or_fail(submission.job_id)
-    return submission
-
-
-def store_dataset(dataset: Dataset) -> dict[str, str]:
-    """Copy each given file into the store under its sha256; return split -> sha256."""
-    store = ArtifactStore(get_settings().artifacts)
-    return {split: store.put_dataset(path)[0] for split, path in dataset.files.items()}
-
-
 def enqueue_or_fail(job_id: str) -> None:
     """Send the job to the broker; if that fails, record the job failed with the reason and re-raise."""
     from streamlearn import dispatch
@@ -151,16 +110,21 @@ def enqueue_or_fail(job_id: str) -> None:
         ) from exc
 
 
-def record_submission(name: str, dataset: Dataset, files: dict[str, str], params: dict, spec: DataSpec,
-                       force: bool) -> Submission:
+def record_submission(s: Session, name: str, dataset: Dataset, params: dict, spec: DataSpec, force: bool,
+                      kind: JobKind = JobKind.TRAIN) -> tuple[Task, Job, bool]:
+    """Record (in the caller's transaction) the task and a queued job of a validated dataset.
+
+    Returns:
+        `records.create_task_and_job`'s `(task, job, created)`.
+    """
     rows = {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)}
-    with session_scope() as s:
-        task, job, created = records.create_task_and_job(
-            s, name=name, dataset_sha256=files["train"], method=params["method"]["method"], hyperparameters=params,
-            files=files, rows=rows, labels=list(dataset.labels), text_field=spec.text_field,
-            label_field=spec.label_field, pair_field=spec.pair_field if dataset.is_pair else None, force=force,
-        )
-        return Submission(job.id, task.name, str(job.status), created)
+    method = "sweep" if kind == JobKind.SWEEP else params["method"]["method"]
+    return records.create_task_and_job(
+        s, name=name, dataset_sha256=dataset.digests["train"], method=method, hyperparameters=params,
+        files=dict(dataset.digests), rows=rows, labels=list(dataset.labels), text_field=spec.text_field,
+        label_field=spec.label_field, pair_field=spec.pair_field if dataset.is_pair else None, force=force,
+        kind=kind,
+    )
 
 
 def claim(job_id: str, settings: Settings) -> tuple[str, JobPlan | None]:
@@ -170,7 +134,7 @@ def claim(job_id: str, settings: Settings) -> tuple[str, JobPlan | None]:
     host, pid = socket.gethostname(), os.getpid()
     with session_scope() as s:
         job = records.find_job(s, job_id)
-        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        if job.status in records.ENDED:
             return str(job.status), None
         if job.kind == JobKind.SWEEP:
             return "a sweep is settled by its trials, not run", None
@@ -211,8 +175,12 @@ def plan_of(job: Job) -> JobPlan:
 def stored_dataset(plan: JobPlan) -> Dataset:
     """Load a job's dataset from the store's copies, split exactly as at submission.
 
+    Each copy is read once, and its sha256 must be the one recorded at submission: a copy that was
+    changed or damaged in the store fails the job with a message that says how to repair it.
+
     Raises:
         TransientError: a stored file is missing (the store is unmounted or was not shared).
+        InvalidDataset: a stored copy does not match its recorded sha256.
     """
     store = ArtifactStore(get_settings().artifacts)
     paths = {split: store.dataset_path(sha) for split, sha in plan.files.items()}
@@ -220,7 +188,10 @@ def stored_dataset(plan: JobPlan) -> Dataset:
         if not path.is_file():
             raise TransientError(f"the stored {split} file {path} of task {plan.task!r} is missing from the store")
     seed = plan.train.seed if plan.split_seed is None else plan.split_seed
-    return load_dataset(paths["train"], paths.get("validation"), paths.get("test"), spec=plan.spec, seed=seed)
+    # The size cap guarded the submission; these bytes are the ones validated then (the sha256 says so).
+    spec = dataclasses.replace(plan.spec, max_bytes=sys.maxsize)
+    return load_dataset(paths["train"], paths.get("validation"), paths.get("test"), spec=spec, seed=seed,
+                        expected=dict(plan.files))
 
 
 def finalise(job_id: str, path: Path, metadata: dict, backbone: BackboneInfo) -> None:
@@ -285,3 +256,24 @@ def artifact_plans(task: str | None) -> list[tuple[JobPlan, str, str, dict]]:
             stored = queries.job_status(s, row["artifact_job_id"])["metrics"]
             plans.append((plan, row["uri"], row["sha256"], stored))
     return plans
+
+
+def cancel(job_id: str) -> list[str]:
+    """Cancel a queued or running job; for a sweep, also every trial that has not ended.
+
+    A queued job never starts (its message is skipped); a running one stops at its next step once
+    its worker's next heartbeat sees the change, and keeps no artifact.
+
+    Returns:
+        The ids cancelled.
+
+    Raises:
+        UnknownJob: no such job.
+        InvalidConfig: the job already ended (succeeded, failed or cancelled).
+    """
+    with session_scope() as s:
+        job = records.find_job(s, job_id)
+        if job.status in records.ENDED:
+            raise InvalidConfig(f"job {job.id} already {job.status}; nothing to cancel")
+        return records.mark_cancelled(s, job.id)
+

@@ -18,13 +18,14 @@ from torch import nn
 from streamlearn.adapters import Adapted, HoulsbyAdapter, swapped
 from streamlearn.backbone import Backbone
 from streamlearn.errors import InvalidConfig
+from streamlearn.rates import DEFAULT_LR
 
 METHODS = ("adapter", "full", "top-k", "layernorm")
 """Selectable methods (`--method`)."""
 POOLINGS = ("mean", "cls")
 """Head poolings: mask-aware mean over tokens (how all-MiniLM-L6-v2 was trained), or the first token."""
 
-_DEFAULT_LR = {"adapter": 1e-3, "layernorm": 1e-3, "full": 3e-5, "top-k": 1e-4}
+_DEFAULT_LR = DEFAULT_LR
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from sqlalchemy.exc import OperationalError
 
-from streamlearn import jobs, training, trials
+from streamlearn import jobs, submission, training
 from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, read_metadata, write_artifact
 from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
@@ -135,7 +135,8 @@ def fit(
         "method_config": method.to_dict(),
         "train_config": train_cfg.to_dict(),
         "data": {
-            "files": {split: {"path": str(path), "sha256": file_sha256(path)} for split, path in dataset.files.items()},
+            "files": {split: {"path": str(path), "sha256": dataset.digests.get(split) or file_sha256(path)}
+                      for split, path in dataset.files.items()},
             "examples": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)},
         },
         "metrics": {
@@ -197,11 +198,10 @@ def submit_task(
         BrokerUnavailable: the job could not be enqueued; it is recorded as failed with the reason.
     """
     method, train_config = method or MethodConfig(), train_config or TrainConfig()
-    if sweep is not None:
-        return trials.submit_sweep(train, sweep=sweep, method=method.to_dict(), train_config=train_config.to_dict(),
-                                   spec=spec or DataSpec(), name=name, validation=validation, test=test, force=force)
-    return jobs.submit(train, method=method.to_dict(), train_config=train_config.to_dict(), spec=spec or DataSpec(),
-                       name=name, validation=validation, test=test, force=force)
+    return submission.submit(submission.SubmitRequest(
+        train, method=method.to_dict(), train_config=train_config.to_dict(), spec=spec or DataSpec(), name=name,
+        validation=validation, test=test, sweep=sweep, force=force,
+    ))
 
 
 def run_task(job_id: str) -> str:
@@ -245,6 +245,10 @@ def run_task(job_id: str) -> str:
         jobs.finalise(job_id, path, metadata, backbone.info)
     except JobSuperseded as lost:
         log.warning("%s", lost)
+        if lost.cancelled:
+            store = ArtifactStore(settings.artifacts)
+            store.delete_task_artifact(store.task_artifact_path(plan.task, job_id))  # nothing of it is kept
+            return "cancelled"
         return "superseded"
     except records.InvalidTransition as lost:
         # Another worker requeued or finished the job meanwhile: it is theirs now; failing it here

@@ -16,7 +16,7 @@ from streamlearn import jobs
 from streamlearn.artifacts import read_artifact
 from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
-from streamlearn.data import Example
+from streamlearn.data import Example, check_inputs
 from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig
 from streamlearn.methods import MethodConfig, TaskModules, attached
 from streamlearn.training import Metrics, scores
@@ -34,8 +34,7 @@ class Predictor:
 
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64) -> torch.Tensor:
         """Return the (len(texts), classes) logits, in input order, on the CPU."""
-        if pairs is not None and len(pairs) != len(texts):
-            raise InvalidConfig(f"{len(texts)} texts but {len(pairs)} pairs")
+        texts, pairs = check_inputs(texts, pairs, pair_task=bool(self.metadata.get("pair", False)))
         examples = [Example(t, None, pairs[i] if pairs is not None else None) for i, t in enumerate(texts)]
         if not examples:
             return torch.zeros((0, len(self.labels)))
@@ -50,9 +49,19 @@ class Predictor:
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[tuple[str, float]]:
         """Return (label, probability) of the most likely class for each text."""
+        return [ranked[0] for ranked in self.ranked(texts, pairs, 1)]
+
+    def ranked(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+               k: int | None = None) -> list[list[tuple[str, float]]]:
+        """Return, for each text, the `k` most likely classes (None: every class) as (label, probability), best first.
+
+        Raises:
+            InvalidConfig: the inputs disagree with the task (`data.check_inputs`).
+        """
         probs = torch.softmax(self.logits(texts, pairs), dim=-1)
-        top = probs.max(dim=-1)
-        return [(self.labels[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+        top = probs.topk(min(k or len(self.labels), len(self.labels)), dim=-1)
+        return [[(self.labels[i], float(p)) for p, i in zip(ps, idx)]
+                for ps, idx in zip(top.values.tolist(), top.indices.tolist())]
 
     def evaluate(self, examples: Sequence[Example]) -> Metrics:
         """Accuracy and macro-F1 on labelled examples (labels must be among the artifact's)."""

@@ -10,6 +10,9 @@ The catalogue, not the broker, is the source of truth (DESIGN.md, "Modes"). Ever
 - queued jobs last enqueued more than `STREAMLEARN_QUEUED_TIMEOUT` ago (a lost message: the
   embedded filesystem transport never redelivers, and a restarted Redis keeps nothing).
 
+It removes temporary files (`*.tmp`) older than an hour from the artifact store: a writer
+SIGKILLed between writing and renaming leaves one behind.
+
 It also settles sweeps whose trials all ended but whose selection never ran (the worker of the
 last trial died between its commit and the selection; see `streamlearn.trials`).
 
@@ -26,12 +29,16 @@ import socket
 import time
 from datetime import datetime, timedelta
 
+from streamlearn.artifacts import ArtifactStore, remove_stale_temps
 from streamlearn.settings import Settings, get_settings
 
 log = logging.getLogger("streamlearn.worker")
 
 PROCESSED_MAX_AGE = 3600.0
 """Seconds a consumed message file of the embedded broker is kept before a worker deletes it."""
+
+STALE_TEMP_AGE = 3600.0
+"""Seconds after which a `*.tmp` file in the store belongs to a writer that was killed, and is removed."""
 
 IDLE_GRACE = 15.0
 """Seconds a job may wait in the queue before `status` suspects that no worker is running."""
@@ -105,6 +112,7 @@ def reconcile(settings: Settings | None = None, now: datetime | None = None) -> 
         dispatch.enqueue(job_id, settings)
     _settle_sweeps()
     prune_processed(settings)
+    remove_stale_temps(ArtifactStore(settings.artifacts), STALE_TEMP_AGE)
     return requeued
 
 
@@ -157,3 +165,22 @@ def idle_queue_warning(s, now: datetime | None = None, grace: float = IDLE_GRACE
         "picked them up: is a worker running? Start one with `streamlearn worker` "
         "(same STREAMLEARN_HOME / STREAMLEARN_BROKER_URL / STREAMLEARN_DATABASE_URL as here)."
     )
+
+
+def stale_heartbeat(job: dict, now: datetime | None = None) -> str | None:
+    """For a `running` job (a `queries` dict) whose heartbeat is older than the timeout: what that means.
+
+    Returns:
+        E.g. "no heartbeat for 95 s (timeout 60 s): its worker may be gone; a worker's reconcile will
+        re-enqueue it", or None while the job is not running or its heartbeat is fresh.
+    """
+    from streamlearn.catalogue.models import utcnow
+
+    if job.get("status") != "running" or job.get("kind") == "sweep" or not job.get("heartbeat_at"):
+        return None
+    timeout = get_settings().heartbeat_timeout
+    age = ((now or utcnow()) - datetime.fromisoformat(job["heartbeat_at"])).total_seconds()
+    if age <= timeout:
+        return None
+    return (f"job {job['job_id']}: no heartbeat for {age:.0f} s (timeout {timeout:.0f} s): its worker "
+            f"{job.get('worker') or '?'} may be gone; a worker's reconcile will re-enqueue it")

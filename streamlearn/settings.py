@@ -48,6 +48,8 @@ class Settings:
     """Seconds a client waits for the broker before `submit-task` fails (`STREAMLEARN_BROKER_TIMEOUT`)."""
     queue: str = "streamlearn"
     """Name of the Celery queue jobs are sent to and workers consume by default (`STREAMLEARN_QUEUE`)."""
+    max_dataset_bytes: int = 1 << 30
+    """Most (decompressed) bytes a dataset file may hold (`STREAMLEARN_MAX_DATASET_BYTES`; `--max-bytes`)."""
 
     def __post_init__(self) -> None:
         if self.task_time_limit <= 0:
@@ -58,6 +60,8 @@ class Settings:
             raise InvalidConfig("STREAMLEARN_RECONCILE_INTERVAL, _PROGRESS_INTERVAL and _BROKER_TIMEOUT must be positive")
         if self.visibility_timeout is not None and self.visibility_timeout <= 0:
             raise InvalidConfig("STREAMLEARN_VISIBILITY_TIMEOUT must be positive")
+        if self.max_dataset_bytes < 16:
+            raise InvalidConfig("STREAMLEARN_MAX_DATASET_BYTES must be at least 16")
 
     @property
     def redis_visibility_timeout(self) -> float:
@@ -110,6 +114,7 @@ def load_settings() -> Settings:
         unacked_restore_throttle=int(_number("STREAMLEARN_UNACKED_RESTORE_THROTTLE", 10)),
         broker_timeout=_number("STREAMLEARN_BROKER_TIMEOUT", 2.5),
         queue=os.environ.get("STREAMLEARN_QUEUE") or "streamlearn",
+        max_dataset_bytes=int(_number("STREAMLEARN_MAX_DATASET_BYTES", 1 << 30)),
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamlearn.errors import InvalidConfig
+from streamlearn.rates import DEFAULT_LR
 
 KEYS = ("m", "lr", "epochs")
 """Grid keys in expansion order: adapter size, peak learning rate, epochs."""
@@ -283,7 +284,10 @@ def label(hyperparameters: Mapping[str, Any] | None) -> str:
     parts = []
     if method.get("method", "adapter") == "adapter" and method.get("adapter_size") is not None:
         parts.append(f"m={method['adapter_size']}")
-    parts.append(f"lr={fmt('lr', train['lr'])}" if train.get("lr") is not None else "lr=default")
+    lr = train.get("lr")
+    if lr is None:  # the method's default, which the worker resolves the same way
+        lr = DEFAULT_LR.get(method.get("method", "adapter"))
+    parts.append(f"lr={fmt('lr', lr)}" if lr is not None else "lr=default")
     parts.append(f"ep={train.get('epochs', '?')}")
     if train.get("seed"):
         parts.append(f"seed={train['seed']}")

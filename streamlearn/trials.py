@@ -1,7 +1,8 @@
 """A sweep's trials in the catalogue: the fan-out at submission and the selection after the last one.
 
-- `submit_sweep`: validate -> store -> one transaction (the sweep's parent job and one queued trial
-  job per grid point) -> enqueue each trial separately, so N workers run N trials at once. The
+- `record_sweep`: the sweep's part of `submission.submit`: one transaction holds the sweep's parent
+  job and one queued trial job per grid point; each trial is enqueued separately (`enqueue_trials`),
+  so N workers run N trials at once. The
   parent itself is never enqueued: no worker runs it, its trials carry the work and heartbeats.
 - `trial_ended(job_id)`: called after every job ends (succeeded or failed). For a trial whose
   siblings have all ended it runs `settle`, so the trial that finishes last triggers selection.
@@ -20,80 +21,52 @@ the heartbeat reconcile like any job, and its sweep waits for it.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 from sqlalchemy import and_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from streamlearn import jobs
 from streamlearn.artifacts import ArtifactStore
 from streamlearn.catalogue import queries, records
 from streamlearn.catalogue.models import Artifact, Job, JobKind, JobStatus, Metric
 from streamlearn.catalogue.session import session_scope
-from streamlearn.data import DataSpec, load_dataset
+from streamlearn.data import DataSpec, Dataset
 from streamlearn.errors import BrokerUnavailable
 from streamlearn.settings import get_settings
 from streamlearn.sweep import SweepSpec, TrialResult, choose
 
 log = logging.getLogger("streamlearn.worker")
 
-ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+ENDED = records.ENDED
 
 
-def submit_sweep(
-    train: str | Path,
-    *,
-    sweep: SweepSpec,
-    method: dict,
-    train_config: dict,
-    spec: DataSpec,
-    name: str | None = None,
-    validation: str | Path | None = None,
-    test: str | Path | None = None,
-    force: bool = False,
-) -> jobs.Submission:
-    """Validate and store a task's files, record a sweep with its trials, and enqueue every trial.
+def record_sweep(s: Session, name: str, dataset: Dataset, sweep: SweepSpec, base: dict, spec: DataSpec,
+                 force: bool) -> tuple[jobs.Submission, list[str]]:
+    """Record (in the caller's transaction) a sweep's parent job and one queued trial job per grid point.
 
     Args:
-        train: The training JSONL file.
+        s: Session.
+        name: Task name.
+        dataset: The validated dataset (its `digests` are the stored files).
         sweep: The grid (see `sweep.resolve`).
-        method: `MethodConfig.to_dict()`; the grid overrides its adapter size.
-        train_config: `TrainConfig.to_dict()`; the grid overrides lr, epochs and seed.
+        base: `jobs.hyperparameters(...)` of the flags; each trial overrides it from the grid.
         spec: Field names and limits of the files.
-        name: Task name; default: the training file's stem.
-        validation: Validation file; default: a seeded stratified 10% of train, the same for every trial.
-        test: Optional test file.
         force: Make a new sweep even when an identical one exists.
 
     Returns:
-        The submission of the sweep's parent job (`job_id` is the sweep's id).
-
-    Raises:
-        InvalidConfig: a bad name, or a grid the method cannot take (checked before reading data).
-        InvalidDataset: a file is invalid (nothing is stored or recorded).
-        BrokerUnavailable: the trials could not be enqueued; those not sent are recorded failed.
+        The sweep's submission and the new trials' ids (none for an identical resubmit).
     """
-    name = jobs.task_name(name, train)
-    base = jobs.hyperparameters(method, train_config, spec)
-    trial_params = sweep.trials(base)
-    dataset = load_dataset(train, validation, test, spec=spec, seed=int(train_config.get("seed", 0)))
-    files = jobs.store_dataset(dataset)
-    rows = {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)}
-    with session_scope() as s:
-        task, parent, created = records.create_task_and_job(
-            s, name=name, dataset_sha256=files["train"], method="sweep",
-            hyperparameters={"sweep": sweep.to_dict(), "base": base}, kind=JobKind.SWEEP, files=files, rows=rows,
-            labels=list(dataset.labels), text_field=spec.text_field, label_field=spec.label_field,
-            pair_field=spec.pair_field if dataset.is_pair else None, force=force,
-        )
-        trial_ids = [
-            records.create_job(s, task, method=params["method"]["method"], hyperparameters=params,
-                               kind=JobKind.TRIAL, parent_id=parent.id).id
-            for params in (trial_params if created else [])
-        ]
-        submission = jobs.Submission(parent.id, task.name, str(parent.status), created)
-    enqueue_trials(parent.id, trial_ids)
-    return submission
+    sweep.trials(base)  # refuse a grid the method cannot take before recording anything
+    params = {"sweep": sweep.to_dict(), "base": base}
+    task, parent, created = jobs.record_submission(s, name, dataset, params, spec, force, kind=JobKind.SWEEP)
+    trial_ids = create_trials(s, task, parent.id, params) if created else []
+    return jobs.Submission(parent.id, task.name, str(parent.status), created), trial_ids
+
+
+def create_trials(s: Session, task, sweep_id: str, sweep_params: dict) -> list[str]:
+    """Record one queued trial job per grid point of a sweep (`{"sweep": spec, "base": hyperparameters}`)."""
+    grid = SweepSpec.from_dict(sweep_params["sweep"]).trials(sweep_params["base"])
+    return [records.create_job(s, task, method=params["method"]["method"], hyperparameters=params,
+                               kind=JobKind.TRIAL, parent_id=sweep_id).id for params in grid]
 
 
 def enqueue_trials(sweep_id: str, trial_ids: list[str]) -> None:

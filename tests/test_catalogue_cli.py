@@ -104,9 +104,9 @@ def test_storage_on_an_empty_catalogue_writes_no_plot(isolated_home: Path, tmp_p
 def test_db_upgrade_reports_the_revision(isolated_home: Path) -> None:
     """`db upgrade` creates the schema once, then says it is already at head."""
     first = _run("db", "upgrade")
-    assert first.exit_code == 0 and "upgraded from empty to revision 0001" in first.output
-    assert "already at revision 0001" in _run("db", "upgrade").output
-    assert current_revision() == "0001"
+    assert first.exit_code == 0 and "upgraded from empty to revision 0002_hardening" in first.output
+    assert "already at revision 0002_hardening" in _run("db", "upgrade").output
+    assert current_revision() == "0002_hardening"
 
 
 def test_db_upgrade_on_postgresql_masks_the_password(pg_url: str, isolated_home: Path,
@@ -118,7 +118,7 @@ def test_db_upgrade_on_postgresql_masks_the_password(pg_url: str, isolated_home:
     result = _run("db", "upgrade")
     assert result.exit_code == 0, result.output
     assert "s3cret" not in result.output and ":***@" in result.output
-    assert current_revision(resolve_url()) == "0001"
+    assert current_revision(resolve_url()) == "0002_hardening"
     assert json.loads(_run("tasks", "--json").output) == []
 
 

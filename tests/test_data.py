@@ -59,7 +59,7 @@ def test_invalid_line_is_reported_with_file_line_and_field(tmp_path, name, conte
 def test_line_over_byte_limit_is_refused(tmp_path):
     """A line longer than max_line_bytes is refused with its line number and the limit."""
     path = _write(tmp_path / "long.jsonl", _lines(GOOD[0], {"text": "x" * 500, "label": "b"}))
-    with pytest.raises(InvalidDataset, match=r"long.jsonl:2: line is .* over the limit of 100"):
+    with pytest.raises(InvalidDataset, match=r"long.jsonl:2: line is longer than the limit of 100 bytes"):
         read_jsonl(path, DataSpec(max_line_bytes=100))
 
 

@@ -35,10 +35,10 @@ def _submit(files, **train) -> str:
     method = {"method": "adapter", "adapter_size": 8, "top_k": 1, "sigma": 1e-2, "pooling": "mean"}
     config = {"epochs": 2, "lr": None, "batch_size": 32, "max_length": 32, "seed": 0, "warmup": 0.1,
               "weight_decay": 0.0, "max_grad_norm": 1.0, **train}
-    from streamlearn.data import DataSpec
+    from streamlearn.submission import SubmitRequest, submit
 
-    return jobs.submit(files["train"], name="tiny", validation=files["validation"], test=files["test"],
-                       method=method, train_config=config, spec=DataSpec()).job_id
+    return submit(SubmitRequest(files["train"], name="tiny", validation=files["validation"], test=files["test"],
+                                method=method, train_config=config)).job_id
 
 
 def _state(job_id: str) -> dict:

@@ -181,5 +181,11 @@ def test_label_is_compact():
     hp = PRESETS["quick"].trials(BASE)[3]
     assert label(hp) == "m=64 lr=1e-3 ep=3"
     assert label({**BASE, "train": {**BASE["train"], "lr": 3e-05, "seed": 2}}) == "m=64 lr=3e-5 ep=3 seed=2"
-    assert label(BASE) == "m=64 lr=default ep=3"
     assert label(None) == "-"
+
+
+def test_label_shows_the_resolved_default_learning_rate():
+    """A job submitted without --lr shows the rate the worker uses (the method's default), not `lr=default`."""
+    assert label(BASE) == "m=64 lr=1e-3 ep=3"
+    full = {**BASE, "method": {**BASE["method"], "method": "full"}}
+    assert label(full) == "lr=3e-5 ep=3"

@@ -42,8 +42,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def _submit(files: dict[str, Path], grid: str = "m=8,64;lr=1e-3", **kwargs) -> tuple[str, list[str]]:
     """Submit a sweep of the tiny task; return the sweep id and its trial ids in grid order."""
     spec = resolve(None, grid, kwargs.pop("seeds", None), kwargs.pop("prefer_smaller", None))
-    submission = trials.submit_sweep(files["train"], sweep=spec, method=METHOD, train_config=TRAIN, spec=DataSpec(),
-                                     name="tiny", validation=files["validation"], test=files["test"], **kwargs)
+    from streamlearn.submission import SubmitRequest, submit
+
+    submission = submit(SubmitRequest(files["train"], sweep=spec, method=METHOD, train_config=TRAIN, spec=DataSpec(),
+                                      name="tiny", validation=files["validation"], test=files["test"], **kwargs))
     with session_scope(readonly=True) as s:
         ids = [t["job_id"] for t in queries.job_status(s, submission.job_id)["trials"]]
     return submission.job_id, ids

@@ -7,7 +7,11 @@ Error policy:
   unavailable) is retried with exponential backoff, and the job is failed after the last try;
 - Celery's soft time limit (prefork pool) fails the job with the limit in the message;
 - `BackboneChanged` (the resident backbone no longer matches its fingerprint) fails the job and
-  stops the worker, which refuses every later job (see `stop_worker`).
+  stops the worker, which refuses every later job (see `stop_worker`);
+- `UnknownJob` (the message names a job this worker's catalogue does not hold: the catalogue was
+  replaced, or this worker points at another one) never drops the message: it is retried like a
+  transient error (each try reopens a replaced SQLite file), and after the last try the message
+  goes back to the queue and the worker stops, loudly, with exit code EX_CONFIG.
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from streamlearn.dispatch import TRAIN_TASK
-from streamlearn.errors import BackboneChanged, StreamlearnError, TransientError
+from streamlearn.errors import BackboneChanged, StreamlearnError, TransientError, UnknownJob
 from workers.app import app
 
 log = logging.getLogger("streamlearn.worker")
 
 EX_SOFTWARE = 70
 """Exit code of a worker stopped because its resident backbone changed (sysexits' internal error)."""
+
+EX_CONFIG = 78
+"""Exit code of a worker whose catalogue does not hold the jobs it is sent (sysexits' configuration error)."""
 
 MAX_RETRIES = 6
 """Transient failures retried this often (backoff 2, 4, ... 64 s: about two minutes in all)."""
@@ -63,6 +70,16 @@ def train(self, job_id: str) -> None:
         log.info("job %s: %s", job_id, status)
     except SoftTimeLimitExceeded:
         pipeline.fail_task(job_id, "the job ran past STREAMLEARN_TASK_TIME_LIMIT and was stopped")
+    except UnknownJob as exc:
+        if self.request.retries >= self.max_retries:
+            log.critical("job %s: not in this worker's catalogue after %d tries (%s); the message goes back to the "
+                         "queue and this worker stops (exit code %d): check STREAMLEARN_DATABASE_URL / "
+                         "STREAMLEARN_HOME", job_id, self.request.retries, exc, EX_CONFIG)
+            state.should_stop = EX_CONFIG
+            raise Reject(str(exc), requeue=True) from exc
+        delay = backoff(self.request.retries)
+        log.error("job %s: not in this worker's catalogue (%s); retry in %.0f s", job_id, exc, delay)
+        raise self.retry(exc=exc, countdown=delay) from exc
     except Exception as exc:
         if _transient(exc):
             if self.request.retries >= self.max_retries:

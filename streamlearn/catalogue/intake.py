@@ -14,15 +14,16 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from streamlearn.catalogue.models import Backbone, Job, JobKind, JobStatus, Task, utcnow
+from streamlearn import names
 from streamlearn.errors import InvalidConfig, UnknownJob, UnknownTask
 
-TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-"""Task names: letters, digits, `_`, `.`, `-`; up to 128 characters; never `..`."""
+TASK_NAME = names.TASK_NAME
+"""Task names (`streamlearn.names`, the one rule): compared without regard to case."""
 
 
 def spec_sha256(method: str, hyperparameters: Mapping[str, Any]) -> str:
@@ -104,14 +105,11 @@ def create_task_and_job(
     Raises:
         InvalidConfig: a bad task name, or the task exists with a different dataset.
     """
-    if not TASK_NAME.match(name) or ".." in name:
-        raise InvalidConfig(
-            f"task name {name!r} is not allowed: use letters, digits, '_', '.', '-' (up to 128, no '..')"
-        )
+    names.check_task_name(name)
     files = dict(files or {"train": dataset_sha256})
     # FOR UPDATE: concurrent submits to one task queue up here (PostgreSQL; SQLite's BEGIN IMMEDIATE
     # already serialises writers), so an identical resubmit always sees the job made before it.
-    by_name = select(Task).where(Task.name == name).with_for_update()
+    by_name = _by_name(name).with_for_update()
     task = s.scalar(by_name)
     if task is None:
         try:
@@ -124,6 +122,11 @@ def create_task_and_job(
         except IntegrityError:
             # A concurrent submit created the same task first: use it.
             task = s.scalars(by_name).one()
+    if task.name != name:
+        raise InvalidConfig(
+            f"task name {name!r} is taken by task {task.name!r} (names are unique without regard to case); "
+            "use that name or another --name"
+        )
     if task.dataset_sha256 != dataset_sha256 or task.files != files:
         raise InvalidConfig(
             f"task {name!r} already exists with another dataset (train sha256 {task.dataset_sha256[:12]}); "
@@ -172,16 +175,20 @@ def create_job(
     return job
 
 
+def _by_name(name: str):
+    # One task per name without regard to case (the unique index on lower(name) enforces it).
+    return select(Task).where(func.lower(Task.name) == names.task_key(name))
+
+
 def find_task(s: Session, name: str) -> Task:
-    """The task called `name`.
+    """The task called `name` (in any case: `SST2` finds `sst2`).
 
     Raises:
         UnknownTask: no task of that name.
     """
     # FOR UPDATE: concurrent submits to one task queue up here (PostgreSQL; SQLite's BEGIN IMMEDIATE
     # already serialises writers), so an identical resubmit always sees the job made before it.
-    by_name = select(Task).where(Task.name == name).with_for_update()
-    task = s.scalar(by_name)
+    task = s.scalar(_by_name(name).with_for_update())
     if task is None:
         raise UnknownTask(f"no task named {name!r} (see `streamlearn tasks`)")
     return task

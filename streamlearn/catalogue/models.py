@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -73,6 +74,7 @@ class JobStatus(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class JobKind(enum.StrEnum):
@@ -140,6 +142,10 @@ class Task(Base):
     pair_field: Mapped[str | None] = mapped_column(String(100))
 
     jobs: Mapped[list[Job]] = relationship(back_populates="task", order_by="Job.created_at")
+
+
+# Names are unique without regard to case (`streamlearn.names`); the index makes it hold under races.
+Index("uq_tasks_name_lower", func.lower(Task.name), unique=True)
 
 
 class Job(Base):

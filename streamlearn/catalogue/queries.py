@@ -158,14 +158,15 @@ def job_status(s: Session, job_id: str) -> dict[str, Any]:
 
 
 def list_jobs(s: Session, status: JobStatus | str | None = None, *, task: str | None = None,
-              limit: int | None = None) -> list[dict[str, Any]]:
-    """Jobs oldest first, optionally only one status or one task; each with its task name.
+              limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+    """Jobs oldest first (or newest first), optionally only one status or one task; each with its task name.
 
     Returns:
         Dicts with `job_id, task, kind, parent_id, status, method, attempts, worker, progress,
         error, chosen` and the timestamps (`created_at`, ...).
     """
-    stmt = select(Job, Task.name).join(Task, Task.id == Job.task_id).order_by(Job.created_at, Job.id)
+    order = (Job.created_at.desc(), Job.id.desc()) if newest_first else (Job.created_at, Job.id)
+    stmt = select(Job, Task.name).join(Task, Task.id == Job.task_id).order_by(*order)
     if status is not None:
         stmt = stmt.where(Job.status == JobStatus(status))
     if task is not None:
@@ -173,6 +174,14 @@ def list_jobs(s: Session, status: JobStatus | str | None = None, *, task: str | 
     if limit is not None:
         stmt = stmt.limit(limit)
     return [_job_dict(job, name) for job, name in s.execute(stmt)]
+
+
+def count_jobs(s: Session, status: JobStatus | str | None = None) -> int:
+    """How many jobs there are (with this status)."""
+    stmt = select(func.count(Job.id))
+    if status is not None:
+        stmt = stmt.where(Job.status == JobStatus(status))
+    return int(s.scalar(stmt) or 0)
 
 
 def _cutoff(now: datetime, timeout: float | timedelta) -> datetime:

@@ -34,19 +34,23 @@ from streamlearn.catalogue.models import Artifact, Backbone, Job, JobKind, JobSt
 from streamlearn.errors import UnknownJob
 
 __all__ = [
-    "ARTIFACT_FIELDS", "TASK_NAME", "TRANSITIONS", "InvalidTransition", "complete_sweep", "create_job",
-    "create_task_and_job", "ensure_backbone", "find_job", "find_task", "heartbeat", "mark_failed", "mark_running",
+    "ARTIFACT_FIELDS", "ENDED", "TASK_NAME", "TRANSITIONS", "InvalidTransition", "complete_sweep", "create_job",
+    "create_task_and_job", "ensure_backbone", "find_job", "find_task", "heartbeat", "mark_cancelled", "mark_failed", "mark_running",
     "mark_succeeded", "record_progress", "requeue", "spec_sha256", "start_sweep",
 ]
 
-Q, R, S, F = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED
+Q, R, S, F, C = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
-    Q: frozenset({R, F, Q}),  # picked up; refused or unsendable; re-sent after sitting unpicked
-    R: frozenset({S, F, Q}),  # finished; failed; re-queued because its worker stopped heartbeating
+    Q: frozenset({R, F, Q, C}),  # picked up; refused or unsendable; re-sent after sitting unpicked; cancelled
+    R: frozenset({S, F, Q, C}),  # finished; failed; re-queued because its worker stopped heartbeating; cancelled
     S: frozenset(),
-    F: frozenset(),  # a failed job stays failed: `--force` resubmits as a new job
+    F: frozenset(),  # a failed job stays failed: `retry` (or `--force`) makes a new job
+    C: frozenset(),  # so does a cancelled one
 }
+
+ENDED = (S, F, C)
+"""Statuses a job never leaves."""
 """Allowed status changes, from -> to. Anything else raises `InvalidTransition`."""
 
 ARTIFACT_FIELDS = {"uri", "sha256", "bytes", "trainable_params", "stored_params", "method", "classes"}
@@ -212,6 +216,31 @@ def mark_failed(s: Session, job_id: str, message: str) -> Job:
     if job.status == F:
         return job
     return _transition(s, job.id, F, finished_at=utcnow(), error=str(message)[:_MAX_ERROR_CHARS])
+
+
+def mark_cancelled(s: Session, job_id: str) -> list[str]:
+    """queued|running -> cancelled, for a job and (a sweep) every trial that has not ended.
+
+    A queued job's message is then skipped by the worker that receives it; a running job's next
+    heartbeat finds the job no longer running there and stops it at its next step.
+
+    Returns:
+        The ids cancelled (empty when the job had already ended).
+    """
+    job = find_job(s, job_id)
+    cancelled = []
+    if job.kind == JobKind.SWEEP:
+        trials = s.scalars(select(Job.id).where(Job.parent_id == job.id, Job.status.in_((Q, R)))).all()
+        for trial in trials:
+            try:
+                _transition(s, trial, C, finished_at=utcnow())
+                cancelled.append(trial)
+            except InvalidTransition:
+                continue  # it ended meanwhile
+    if job.status in (Q, R):
+        _transition(s, job.id, C, finished_at=utcnow(), error="cancelled by `streamlearn cancel`")
+        cancelled.insert(0, job.id)
+    return cancelled
 
 
 def requeue(s: Session, job_id: str, *, stale_before: datetime | None = None) -> Job | None:

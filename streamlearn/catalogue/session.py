@@ -9,6 +9,8 @@ through psycopg 3. The schema comes from the Alembic migrations, never from `cre
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,10 +20,10 @@ from sqlalchemy import Engine, create_engine, event, exc, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from streamlearn.errors import StreamlearnError, TransientError
+from streamlearn.errors import CatalogueUnusable, StreamlearnError, TransientError
 from streamlearn.settings import get_settings, mask_url
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002_hardening"
 """The newest migration; a test checks it against the migration scripts."""
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -34,7 +36,52 @@ _PG_UPGRADE_LOCK = 7_310_426_881
 
 _engines: dict[str, Engine] = {}
 _checked: set[str] = set()
+_identity: dict[str, tuple[int, int] | None] = {}
+"""SQLite URL -> (device, inode) of the file its engine opened: a replaced file is noticed."""
 _lock = threading.RLock()
+
+log = logging.getLogger(__name__)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _follow_replaced_file(url: str) -> None:
+    """Drop the cached engine of a SQLite catalogue whose file was removed or replaced since it was opened.
+
+    An open SQLite connection keeps reading the file it opened, even after that file is deleted
+    and a new one is created at the same path; a long-lived worker would then never see jobs
+    recorded in the new file. One `stat` per session compares the path's (device, inode) with
+    the opened file's.
+    """
+    path = _sqlite_file(url)
+    if path is None:
+        return
+    with _lock:
+        if url not in _identity:
+            return
+        now = _file_identity(path)
+        if now == _identity[url]:
+            return
+        log.warning("catalogue %s was replaced or removed since it was opened; reconnecting", path)
+        engine = _engines.pop(url, None)
+        if engine is not None:
+            engine.dispose()
+        _checked.discard(url)
+        del _identity[url]
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -140,18 +187,21 @@ def get_engine(url: str | None = None) -> Engine:
         TransientError: the database did not answer.
     """
     url = resolve_url(url)
+    _follow_replaced_file(url)
     engine = _raw_engine(url)
     if url in _checked:
         return engine
     revision = current_revision(url)
     if revision != HEAD_REVISION:
-        if revision is not None and not any((MIGRATIONS_DIR / "versions").glob(f"{revision}_*.py")):
+        if revision is not None and not any((MIGRATIONS_DIR / "versions").glob(f"{revision}*.py")):
             raise StreamlearnError(
                 f"catalogue {mask_url(url)} is at schema {revision}, newer than this streamlearn ({HEAD_REVISION})"
             )
         upgrade(url)
     with _lock:
         _checked.add(url)
+        if (path := _sqlite_file(url)) is not None:
+            _identity[url] = _file_identity(path)
     return engine
 
 
@@ -190,7 +240,22 @@ def _unavailable_as_transient(url: str) -> Iterator[None]:
     except exc.OperationalError as error:
         lines = str(error.orig or error).strip().splitlines()
         detail = mask_url(lines[0]) if lines else type(error).__name__
+        if _corrupt(detail):
+            raise CatalogueUnusable(f"catalogue {mask_url(url)} is unusable: {detail} (see `streamlearn db check`)") from error
         raise TransientError(f"catalogue {mask_url(url)} unavailable: {detail}") from error
+    except exc.DatabaseError as error:
+        # Exactly DatabaseError (not a constraint's IntegrityError): the file is not a database, or its
+        # pages are damaged. Retrying cannot help.
+        if type(error) is not exc.DatabaseError:
+            raise
+        lines = str(error.orig or error).strip().splitlines()
+        detail = mask_url(lines[0]) if lines else type(error).__name__
+        raise CatalogueUnusable(f"catalogue {mask_url(url)} is unusable: {detail} (see `streamlearn db check`)") from error
+
+
+def _corrupt(detail: str) -> bool:
+    # SQLite reports damage through OperationalError for some pages ("malformed"); a lock is not damage.
+    return any(word in detail for word in ("malformed", "not a database", "file is encrypted"))
 
 
 def reset_engines(close: bool = True) -> None:
@@ -205,3 +270,4 @@ def reset_engines(close: bool = True) -> None:
             engine.dispose(close=close)
         _engines.clear()
         _checked.clear()
+        _identity.clear()

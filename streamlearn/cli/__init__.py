@@ -13,7 +13,10 @@ import traceback
 
 import click
 
+from streamlearn.cli.console import echo_json, make_console, visible
 from streamlearn.errors import StreamlearnError
+
+__all__ = ["echo_json", "main", "make_console"]
 
 
 class _Group(click.Group):
@@ -25,31 +28,30 @@ class _Group(click.Group):
         except StreamlearnError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {visible(exc)}", err=True)
+            sys.exit(2)
+        except Exception as exc:
+            # A database error that no layer translated (a corrupt or foreign file): one line, exit 2.
+            if not _is_database_error(exc):
+                raise
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: catalogue unusable: {visible(_one_line(exc))}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
 
 
-def echo_json(obj) -> None:
-    """Print `obj` as indented JSON on stdout (the `--json` output of every command)."""
-    import json
-
-    click.echo(json.dumps(obj, indent=2))
+def _one_line(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
-def make_console(stderr: bool = False, wide: bool = False):
-    """A rich console; `wide` gives piped output a 160-column page.
-
-    Piped output (a file, `less`, a test runner) has no width, and rich would squeeze tables into
-    80 columns and cut names; a terminal keeps its real width.
-    """
-    from rich.console import Console
-
-    if wide and not sys.stdout.isatty():
-        return Console(stderr=stderr, width=160)
-    return Console(stderr=stderr)
+def _is_database_error(exc: BaseException) -> bool:
+    # sqlalchemy is imported by the commands that use the catalogue; never import it here for this.
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    return sa_exc is not None and isinstance(exc, sa_exc.SQLAlchemyError)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,7 +77,7 @@ def _register() -> None:
     # Each submodule adds its commands to `main`; imported here so `streamlearn.cli:main` sees all.
     import importlib
 
-    for name in ("engine", "catalogue", "service", "demo"):
+    for name in ("engine", "catalogue", "service", "jobs", "demo"):
         try:
             importlib.import_module(f"streamlearn.cli.{name}")
         except ModuleNotFoundError as exc:

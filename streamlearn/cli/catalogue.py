@@ -1,4 +1,4 @@
-"""Catalogue commands: `tasks`, `storage` and `db upgrade`.
+"""Catalogue commands: `tasks`, `storage`, `db upgrade` and `db check`.
 
 They read the catalogue only (opening it upgrades an empty database first), import neither torch
 nor matplotlib unless asked to plot, and print URLs with their passwords masked.
@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from streamlearn.cli import echo_json, main, make_console
+from streamlearn.cli import main
+from streamlearn.cli.console import count, echo_json, make_console, plain
 from streamlearn.settings import mask_url
 
 EMPTY_HINT = "Submit one with `streamlearn submit-task DATA.jsonl`, or try `streamlearn demo`."
@@ -58,7 +59,7 @@ def tasks_command(as_json: bool) -> None:
 
     from streamlearn.sweep import label
 
-    table = Table(title=f"{len(rows)} task{'s' if len(rows) != 1 else ''}")
+    table = Table(title=count(len(rows), "task"))
     for name in ("task", "status", "method", "m", "hyperparameters"):
         table.add_column(name)
     for name in ("val acc", "test acc", "collapsed", "trainable", "bytes"):
@@ -67,11 +68,11 @@ def tasks_command(as_json: bool) -> None:
     table.add_column("backbone")
     for r in rows:
         table.add_row(
-            r["task"], r["status"] or "-", r["method"] or "-",
+            plain(r["task"]), r["status"] or "-", r["method"] or "-",
             "-" if r["adapter_size"] is None else str(r["adapter_size"]), label(r["hyperparameters"]),
             _accuracy(r["val_accuracy"]), _accuracy(r["test_accuracy"]), _collapsed(r),
             _number(r["trainable_params"]),
-            _number(r["bytes"]), (r["sha256"] or "-")[:12], r["backbone"] or "-",
+            _number(r["bytes"]), (r["sha256"] or "-")[:12], plain(r["backbone"] or "-"),
         )
     console.print(table)
 
@@ -109,7 +110,7 @@ def storage_command(as_json: bool, plot_file: str | None) -> None:
         return
     _render_storage(console, report)
     if plot_file:
-        console.print(f"Wrote the storage plot to {plot_file}")
+        console.print(plain(f"Wrote the storage plot to {plot_file}"))
 
 
 def _render_storage(console, report: dict[str, Any]) -> None:
@@ -117,8 +118,8 @@ def _render_storage(console, report: dict[str, Any]) -> None:
 
     from streamlearn.storage import human_bytes
 
-    table = Table(title=f"Storage of {report['task_count']} tasks on {report['backbone']} "
-                        f"(|w| = {report['backbone_params']:,} params, {human_bytes(report['backbone_bytes'])})")
+    table = Table(title=plain(f"Storage of {count(report['task_count'], 'task')} on {report['backbone']} "
+                              f"(|w| = {report['backbone_params']:,} params, {human_bytes(report['backbone_bytes'])})"))
     table.add_column("K", justify="right")
     table.add_column("task")
     table.add_column("method")
@@ -133,11 +134,11 @@ def _render_storage(console, report: dict[str, Any]) -> None:
             table.add_row("…", f"({len(rows) - 40:,} more)", "", "", "", "", "")
             continue
         k, t = item
-        table.add_row(str(k), t["task"], t["method"], _number(t["bytes"]), _number(t["cumulative_bytes"]),
+        table.add_row(str(k), plain(t["task"]), t["method"], _number(t["bytes"]), _number(t["cumulative_bytes"]),
                       _number(t["theoretical_bytes"]), _number(t["full_copy_cumulative_bytes"]))
     console.print(table)
     console.print(
-        f"Stored {human_bytes(report['total_bytes'])} for {report['task_count']} tasks, versus "
+        f"Stored {human_bytes(report['total_bytes'])} for {count(report['task_count'], 'task')}, versus "
         f"{human_bytes(report['full_copy_total_bytes'])} for full copies: "
         f"ratio {report['ratio']:.4f} ({1 / report['ratio']:.1f}x less). "
         f"Measured / law = {report['measured_over_theoretical']:.4f}."
@@ -159,3 +160,34 @@ def db_upgrade_command() -> None:
     after = upgrade(url)
     state = "already at" if before == after else f"upgraded from {before or 'empty'} to"
     click.echo(f"catalogue {mask_url(url)}: {state} revision {after} (head)")
+
+
+@db_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def db_check_command(as_json: bool) -> None:
+    """Check the catalogue and the store; exit 1 if anything is wrong.
+
+    Checks: SQLite's integrity_check (PostgreSQL: n/a), the schema revision against this
+    streamlearn's head, artifact rows whose file is missing, tasks whose stored dataset copy is
+    missing, dataset copies and artifact files no row refers to, and temporary files left by a
+    killed writer (workers remove those older than an hour). Nothing is changed. A file that is
+    not a catalogue at all is refused with one line and exit code 2.
+    """
+    from streamlearn.health import check
+
+    report = check()
+    if as_json:
+        echo_json(report)
+    else:
+        console = make_console()
+        console.print(plain(f"catalogue {report['catalogue']}"))
+        console.print(plain(f"  integrity   {report['integrity']}"))
+        console.print(plain(f"  schema      {report['revision'] or 'empty'} (head {report['head']})"))
+        for key in ("missing_artifacts", "missing_datasets", "unreferenced_datasets", "unreferenced_artifacts",
+                    "temporary_files"):
+            console.print(plain(f"  {key.replace('_', ' ')}: {len(report[key])}"))
+            for item in report[key][:20]:
+                console.print(plain(f"    {item}"))
+        console.print(plain("ok" if report["ok"] else "problems found"))
+    if not report["ok"]:
+        raise SystemExit(1)

@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from streamlearn.cli import main
+from streamlearn.cli.console import plain, visible
 from streamlearn.errors import InvalidConfig, StreamlearnError
 
 DEMO_TASKS = ("sst2", "trec", "ag_news")
@@ -89,8 +90,8 @@ def follow(job_ids: dict[str, str], worker: subprocess.Popen, log_path: Path) ->
     from streamlearn.catalogue.queries import job_status
     from streamlearn.catalogue.session import session_scope
 
-    columns = (TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description:<8}", markup=False), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn())
     final: dict[str, dict] = {}
     with Progress(*columns, console=Console(stderr=True)) as bar:
         rows = {task: bar.add_task(task, total=None, detail="queued", start=False) for task in job_ids}
@@ -107,7 +108,7 @@ def follow(job_ids: dict[str, str], worker: subprocess.Popen, log_path: Path) ->
                 elif info["status"] == "running":
                     bar.start_task(rows[task])
                     bar.update(rows[task], detail="loading data")
-                elif info["status"] in ("succeeded", "failed"):
+                elif info["status"] in ("succeeded", "failed", "cancelled"):
                     final[task] = info
                     total = p["total_steps"] or 1
                     bar.update(rows[task], total=total, completed=total if info["status"] == "succeeded" else p["step"],
@@ -139,29 +140,30 @@ def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int, da
     """
     from rich.console import Console
 
-    from streamlearn import jobs
     from streamlearn.cli.catalogue import storage_command, tasks_command
-    from streamlearn.data import DataSpec
+    from streamlearn.submission import SubmitRequest, submit
 
     console = Console()
     started = time.monotonic()
     root = fresh_home(Path(home))
     env = use_home(root)
     log_path = root / "worker.log"
-    console.print(f"[bold]streamlearn demo[/bold] in [cyan]{root}[/cyan] (embedded mode: SQLite catalogue, "
-                  f"filesystem queue, artifacts under {root / 'artifacts'}); worker log: {log_path}")
+    from rich.markup import escape
+
+    console.print(f"[bold]streamlearn demo[/bold] in [cyan]{escape(visible(root))}[/cyan] (embedded mode: SQLite "
+                  f"catalogue, filesystem queue, artifacts under {escape(visible(root / 'artifacts'))}); worker log: "
+                  f"{escape(visible(log_path))}")
     worker = start_worker(env, log_path)
     try:
         data = Path(data_dir) if data_dir else demo_data_dir()
         job_ids = {}
         for task in DEMO_TASKS:
-            submission = jobs.submit(
+            submission = submit(SubmitRequest.from_options(
                 data / f"{task}.jsonl", name=task, validation=data / f"{task}.validation.jsonl",
-                test=data / f"{task}.test.jsonl", spec=DataSpec(),
-                method={"method": "adapter", "adapter_size": 64, "top_k": 1, "sigma": 1e-2, "pooling": "mean"},
-                train_config={"epochs": epochs, "lr": None, "batch_size": 32, "max_length": max_length, "seed": 0,
-                              "warmup": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0},
-            )
+                test=data / f"{task}.test.jsonl", method="adapter", adapter_size=64, top_k=1, sigma=1e-2,
+                pooling="mean", epochs=epochs, lr=None, batch_size=32, max_length=max_length, seed=0, warmup=0.1,
+                weight_decay=0.0, max_grad_norm=1.0,
+            ))
             job_ids[task] = submission.job_id
             console.print(f"submitted {task}: job {submission.job_id}")
         final = follow(job_ids, worker, log_path)
@@ -170,7 +172,7 @@ def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int, da
     trained = time.monotonic() - started
     for task, info in final.items():
         if info["status"] != "succeeded":
-            console.print(f"[red]{task} failed: {info['error']}[/red]")
+            console.print(plain(f"{task} failed: {info['error']}", style="red"))
     ctx.invoke(tasks_command, as_json=False)
     plot_file = root / "storage.png"
     ctx.invoke(storage_command, as_json=False, plot_file=str(plot_file))

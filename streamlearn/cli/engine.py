@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from streamlearn.cli import echo_json, main, make_console
+from streamlearn.cli import main
+from streamlearn.cli.console import echo_json, make_console, plain
 from streamlearn.errors import InvalidConfig
 
 BACKBONE_HELP = (
@@ -23,11 +24,16 @@ BACKBONE_HELP = (
 DATA_LIMITS = """\b
 Limits (an input over one is refused with FILE:LINE: field 'NAME': reason, exit code 2):
   classes        2 to 1000 (--max-classes)
-  line length    1,000,000 bytes (--max-line-bytes), measured after gunzip
+  line length    1,000,000 bytes (--max-line-bytes), measured after gunzip, while reading
+  file size      1 GiB after gunzip (--max-bytes, STREAMLEARN_MAX_DATASET_BYTES), while reading
+  file kind      a regular file (symlinks followed); a directory, device or FIFO is refused
+                 before it is read
   encoding       UTF-8 (a BOM and CRLF line ends are fine); .jsonl.gz is read as gzip
   text           a non-empty string; C0 control characters other than tab/newline/CR are
                  removed, and a text empty after that is refused
-  labels         strings or integers (not floats, booleans, null or nested), one type per file
+  labels         strings or integers (not floats, booleans, null or nested), one type per file;
+                 control characters are removed as in texts; two labels that differ only in
+                 case or surrounding whitespace ("pos", "Pos ") are refused, naming both
   validation/test  labels must occur in DATA; text_pair on every line of every file or on none"""
 """The dataset limits every command that reads a dataset states in its --help."""
 
@@ -84,6 +90,9 @@ def training_options(func):
                      help="Most distinct labels a task may have."),
         click.option("--max-line-bytes", type=click.IntRange(16, None), default=1_000_000, show_default=True,
                      help="Longest accepted line, in bytes (after gunzip)."),
+        click.option("--max-bytes", type=click.IntRange(16, None), default=None,
+                     help="Most bytes a dataset file may hold after gunzip; larger files are refused as soon as "
+                          "the limit is passed. Default: $STREAMLEARN_MAX_DATASET_BYTES, else 1073741824 (1 GiB)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -113,7 +122,7 @@ def backbone_option(func):
 @with_data_limits()
 def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr, batch_size,
                   max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field, max_classes,
-                  max_line_bytes, train_cap, backbone_dir, output, as_json) -> None:
+                  max_line_bytes, max_bytes, train_cap, backbone_dir, output, as_json) -> None:
     """Train one task in this process (no queue, no catalogue) and write its artifact.
 
     DATA is a JSONL (or .jsonl.gz) file with one {"text": ..., "label": ...} object per line, and
@@ -122,9 +131,10 @@ def train_command(data, validation, test_file, method, adapter_size, top_k, sigm
     file is invalid. Device: $STREAMLEARN_DEVICE (auto = CUDA when present).
     """
     from streamlearn.data import DataSpec, load_dataset
+    from streamlearn.settings import get_settings
 
     spec = DataSpec(text_field=text_field, label_field=label_field, max_classes=max_classes,
-                    max_line_bytes=max_line_bytes)
+                    max_line_bytes=max_line_bytes, max_bytes=max_bytes or get_settings().max_dataset_bytes)
     dataset = load_dataset(data, validation, test_file, spec=spec, seed=seed)
     if train_cap is not None:
         dataset = dataset.capped(train_cap, seed=seed)
@@ -192,15 +202,14 @@ def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: 
 
 
 def _render_summary(summary: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, value in summary.items():
-        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
-    Console().print(table)
+        table.add_row(key, plain(f"{value:,}" if isinstance(value, int) else value))
+    make_console().print(table)
 
 
 @main.command("backbone")
@@ -220,49 +229,81 @@ def backbone_command(backbone_dir, as_json) -> None:
 
 
 def predict_rows(artifact: str | Path, texts: list[str], input_file: str | None, backbone_dir: str | None,
-                 expected_sha256: str | None = None) -> dict:
-    """Predict a label and probability for each text (and each line of `input_file`).
+                 expected_sha256: str | None = None, top: int | None = 1) -> dict:
+    """Predict the likely labels and their probabilities for each text (and each line of `input_file`).
+
+    Args:
+        artifact: The task artifact.
+        texts: Texts given as arguments.
+        input_file: JSONL (labels optional) or plain text, one input per line; `-` reads standard input.
+        backbone_dir: The backbone (None: the configured one).
+        expected_sha256: The artifact's digest in the catalogue, checked too.
+        top: Classes reported per text, best first (None: every class).
 
     Returns:
-        {"artifact", "predictions": [{"text", "label", "probability"}], and, when the input file
-        carries labels on every line, "accuracy" and "macro_f1"}.
+        {"artifact", "predictions": [{"text", "label", "probability"} (+ "text_pair" for pair
+        inputs, + "scores": [{"label", "probability"}] when `top` is not 1)], and, when the input
+        file carries labels on every line, "accuracy" and "macro_f1"}.
     """
+    import sys
+
     from streamlearn.backbone import load_backbone
-    from streamlearn.data import Example, read_jsonl
+    from streamlearn.data import DataSpec, Example, read_input
+    from streamlearn.datafile import DatasetFile
     from streamlearn.predictor import load_predictor
+    from streamlearn.settings import get_settings
 
     examples = [Example(t, None) for t in texts]
     if input_file is not None:
-        examples += read_jsonl(input_file, require_label=False)
+        spec = DataSpec(max_bytes=get_settings().max_dataset_bytes)
+        stdin = input_file == "-"
+        source = DatasetFile("<stdin>" if stdin else input_file, spec.max_line_bytes, spec.max_bytes,
+                             stream=sys.stdin.buffer if stdin else None)
+        examples += read_input(source, spec)
     if not examples:
-        raise InvalidConfig("nothing to predict: give TEXT arguments or --input FILE.jsonl")
+        raise InvalidConfig("nothing to predict: give TEXT arguments or --input FILE (- for standard input)")
     if len({ex.text_pair is None for ex in examples}) > 1:
         raise InvalidConfig("mix of single texts and text pairs; a task takes one kind")
     predictor = load_predictor(artifact, load_backbone(backbone_dir), expected_sha256)
     pairs = [ex.text_pair for ex in examples] if examples[0].text_pair is not None else None
-    preds = predictor.predict([ex.text for ex in examples], pairs)
-    out: dict = {"artifact": str(artifact), "predictions": [
-        {"text": ex.text, "label": label, "probability": round(prob, 6)} for ex, (label, prob) in zip(examples, preds)
-    ]}
+    ranked = predictor.ranked([ex.text for ex in examples], pairs, top)
+    rows = []
+    for ex, classes in zip(examples, ranked):
+        row = {"text": ex.text, "label": classes[0][0], "probability": round(classes[0][1], 6)}
+        if ex.text_pair is not None:
+            row["text_pair"] = ex.text_pair
+        if top != 1:
+            row["scores"] = [{"label": label, "probability": round(p, 6)} for label, p in classes]
+        rows.append(row)
+    out: dict = {"artifact": str(artifact), "predictions": rows}
     if all(ex.label is not None for ex in examples):
         metrics = predictor.evaluate(examples)
         out.update(accuracy=metrics.accuracy, macro_f1=metrics.macro_f1)
     return out
 
 
-def render_predictions(result: dict, as_json: bool) -> None:
-    """Print `predict_rows` output as JSON or as a table."""
+def render_predictions(result: dict, as_json: bool, as_jsonl: bool = False) -> None:
+    """Print `predict_rows` output as JSON, as JSON Lines (one prediction per line), or as a table."""
     if as_json:
         echo_json(result)
         return
-    from rich.console import Console
+    if as_jsonl:
+        import json
+
+        for row in result["predictions"]:
+            click.echo(json.dumps(row))
+        if "accuracy" in result:
+            click.echo(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}", err=True)
+        return
     from rich.table import Table
 
-    table = Table("text", "label", "probability")
+    scores = any("scores" in row for row in result["predictions"])
+    table = Table("text", "label", "probability", *(["scores"] if scores else []))
     for row in result["predictions"]:
         text = row["text"] if len(row["text"]) <= 80 else row["text"][:77] + "..."
-        table.add_row(text, row["label"], f"{row['probability']:.3f}")
-    console = Console()
+        extra = [plain(", ".join(f"{s['label']} {s['probability']:.3f}" for s in row["scores"]))] if scores else []
+        table.add_row(plain(text), plain(row["label"]), f"{row['probability']:.3f}", *extra)
+    console = make_console()
     console.print(table)
     if "accuracy" in result:
         console.print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
@@ -273,17 +314,31 @@ def render_predictions(result: dict, as_json: bool) -> None:
 @click.option("--artifact", type=click.Path(dir_okay=False),
               help="A task artifact (.safetensors with its .json sidecar). Without it, the first argument is a "
                    "TASK name and the task's artifact in the catalogue is used.")
-@click.option("--input", "input_file", type=click.Path(dir_okay=False),
-              help="JSONL with a text per line (labels optional; when all lines have one, accuracy is printed).")
+@click.option("--input", "input_file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Inputs, one per line: JSONL ({\"text\": ..., optional \"text_pair\" and \"label\"; when every "
+                   "line has a label, accuracy is printed}) or plain text lines. '-' reads standard input.")
+@click.option("--all-scores", is_flag=True, help="Report every class's probability, best first.")
+@click.option("--top", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Report the K most likely classes with their probabilities.")
 @backbone_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def predict_command(texts, artifact, input_file, backbone_dir, as_json) -> None:
+@click.option("--jsonl", "as_jsonl", is_flag=True,
+              help="Print one JSON object per prediction and line (for large batches; accuracy goes to stderr).")
+def predict_command(texts, artifact, input_file, all_scores, top, backbone_dir, as_json, as_jsonl) -> None:
     """Print the most likely label and its probability for each TEXT and each --input line.
 
     Usage: `predict TASK [TEXT ...]` (the task's stored artifact) or `predict --artifact FILE [TEXT ...]`.
     The artifact's sha256 (also against the catalogue's, for a TASK) and its backbone fingerprint
-    are checked first; an artifact trained on another backbone is refused.
+    are checked first; an artifact trained on another backbone is refused. Inputs must fit the
+    task: a sentence-pair task needs "text_pair" on every input (JSONL), a single-text task takes
+    none, and a text empty after removing control characters is refused (one line, exit code 2).
+    Texts and labels are printed as plain text, with control and bidi characters escaped; JSON
+    output is exact.
     """
+    if as_json and as_jsonl:
+        raise click.UsageError("give --json or --jsonl, not both")
+    if all_scores and top is not None:
+        raise click.UsageError("give --all-scores or --top K, not both")
     expected_sha256 = None
     if artifact is None:
         if not texts:
@@ -292,4 +347,6 @@ def predict_command(texts, artifact, input_file, backbone_dir, as_json) -> None:
 
         artifact, expected_sha256 = task_artifact(texts[0])
         texts = texts[1:]
-    render_predictions(predict_rows(artifact, list(texts), input_file, backbone_dir, expected_sha256), as_json)
+    k = None if all_scores else (top or 1)
+    render_predictions(predict_rows(artifact, list(texts), input_file, backbone_dir, expected_sha256, top=k),
+                       as_json, as_jsonl)

@@ -6,11 +6,10 @@ module level (no torch, no celery), so `status` and `jobs` answer instantly.
 
 from __future__ import annotations
 
-import functools
-
 import click
 
-from streamlearn.cli import echo_json, main, make_console
+from streamlearn.cli import main
+from streamlearn.cli.console import count, echo_json, make_console, plain, visible, warn
 from streamlearn.cli.engine import training_options, with_data_limits
 from streamlearn.cli.sweep import TERMINAL, render_trials, sweep_options, wait_for_sweep
 
@@ -79,12 +78,15 @@ def worker(concurrency: int, queues: str | None, loglevel: str, pool: str) -> No
 @sweep_options
 @click.option("--force", is_flag=True, help="Train again even if an identical job exists.")
 @click.option("--wait", is_flag=True, help="Show live progress until the job ends, then its result.")
+@click.option("--timeout", type=click.FloatRange(0, None, min_open=True), default=None, metavar="S",
+              help="With --wait: stop waiting after S seconds and exit 3 (the job keeps its place and runs on).")
 @click.option("--json", "as_json", is_flag=True, help="Print {job_id, task, status} as JSON (and trials: [ids] for a sweep).")
-@with_data_limits("task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit")
+@with_data_limits("task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit; unique without",
+                  "               regard to case (Same and same are one name)")
 def submit_task_command(data, name, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr,
                         batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field,
-                        max_classes, max_line_bytes, sweep_name, grid, seeds, prefer_smaller, force, wait,
-                        as_json) -> None:
+                        max_classes, max_line_bytes, max_bytes, sweep_name, grid, seeds, prefer_smaller, force, wait,
+                        timeout, as_json) -> None:
     """Validate DATA, store it, and queue a training job for a worker.
 
     DATA is a JSONL (or .jsonl.gz) file, one {"text": ..., "label": ...} object per line ("text_pair"
@@ -100,34 +102,32 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
     validation is kept (a tie goes to the smaller artifact; --prefer-smaller EPS keeps the smallest
     within EPS of the best) and the other trials' artifacts are deleted. A grid key overrides its
     flag (m: --adapter-size, lr: --lr, epochs: --epochs); `status JOB` shows the trials.    """
-    from streamlearn import jobs, sweep, trials
-    from streamlearn.data import DataSpec
+    from streamlearn import sweep
+    from streamlearn.settings import get_settings
+    from streamlearn.submission import SubmitRequest, submit
 
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout needs --wait")
     spec = sweep.resolve(sweep_name, grid, seeds, prefer_smaller)
-    # Plain dicts with every field of MethodConfig and TrainConfig (their defaults are the flags'
-    # defaults, checked by a test): building the dataclasses would import torch, and submit-task
-    # must answer fast.
-    submit = jobs.submit if spec is None else functools.partial(trials.submit_sweep, sweep=spec)
-    submission = submit(
-        data, name=name, validation=validation, test=test_file, force=force,
-        method={"method": method, "adapter_size": adapter_size, "top_k": top_k, "sigma": sigma, "pooling": pooling},
-        train_config={"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed,
-                      "warmup": warmup, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm},
-        spec=DataSpec(text_field=text_field, label_field=label_field, max_classes=max_classes,
-                      max_line_bytes=max_line_bytes),
-    )
+    submission = submit(SubmitRequest.from_options(
+        data, name=name, validation=validation, test=test_file, force=force, sweep=spec, method=method,
+        adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling, epochs=epochs, lr=lr,
+        batch_size=batch_size, max_length=max_length, seed=seed, warmup=warmup, weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm, text_field=text_field, label_field=label_field, max_classes=max_classes,
+        max_line_bytes=max_line_bytes, max_bytes=max_bytes or get_settings().max_dataset_bytes,
+    ))
     status = submission.status
     trial_ids = None if spec is None else [t["job_id"] for t in _job(submission.job_id)["trials"]]
     if not as_json:
         what = "job" if spec is None else "sweep"
         if submission.created:
             extra = "" if spec is None else f", {spec.describe()}"
-            click.echo(f"{what} {submission.job_id} queued: task {submission.task}{extra}")
+            click.echo(visible(f"{what} {submission.job_id} queued: task {submission.task}{extra}"))
         else:
-            click.echo(f"identical {what} {submission.job_id} already exists for task {submission.task} "
-                       f"({status}); pass --force to train again")
+            click.echo(visible(f"identical {what} {submission.job_id} already exists for task {submission.task} "
+                               f"({status}); pass --force to train again"))
     if wait:
-        info = wait_for_job(submission.job_id, show=not as_json)
+        info = wait_for_job(submission.job_id, show=not as_json, timeout=timeout)
         status = info["status"]
         if spec is not None and not as_json:
             render_trials(info)
@@ -136,43 +136,68 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
         echo_json(out if trial_ids is None else {**out, "trials": trial_ids})
     elif wait:
         _print_task_row(submission.task)
-    if wait and status == "failed":
+    if wait and status in ("failed", "cancelled"):
         raise SystemExit(1)
 
 
 def _job(job_id: str) -> dict:
     from streamlearn.catalogue.queries import job_status
     from streamlearn.catalogue.session import session_scope
-    from streamlearn.recovery import idle_queue_warning
+    from streamlearn.recovery import idle_queue_warning, stale_heartbeat
 
     with session_scope(readonly=True) as s:
         info = job_status(s, job_id)
-        info["warning"] = idle_queue_warning(s) if info["status"] == "queued" else None
+        info["warning"] = idle_queue_warning(s) if info["status"] == "queued" else stale_heartbeat(info)
     return info
 
 
-def wait_for_job(job_id: str, show: bool = True, poll: float = 0.5) -> dict:
-    """Poll a job until it succeeds or fails, drawing a progress bar on stderr when `show`.
+class _Warnings:
+    """Prints each distinct warning once, on stderr (piped or not), while a job is followed."""
 
-    A sweep gets an overall bar (trials ended / total) and one bar per running trial.
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, info: dict) -> dict:
+        if info.get("warning") and info["warning"] not in self.seen:
+            self.seen.add(info["warning"])
+            warn(info["warning"])
+        return info
+
+
+def wait_for_job(job_id: str, show: bool = True, poll: float = 0.5, timeout: float | None = None) -> dict:
+    """Poll a job until it ends, drawing a progress bar on stderr when `show`.
+
+    A sweep gets an overall bar (trials ended / total) and one bar per running trial. A no-worker
+    or stale-heartbeat warning is printed once on stderr. With `timeout`, give up after that many
+    seconds: a note on stderr and exit code 3 (the job itself is left as it is).
     """
     import time
 
-    if "trials" in (first := _job(job_id)):
-        return wait_for_sweep(first["job_id"], _job, show=show, poll=poll)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    warnings = _Warnings()
+
+    def fetch(job: str) -> dict:
+        info = warnings(_job(job))
+        if deadline is not None and time.monotonic() > deadline and info["status"] not in TERMINAL:
+            warn(f"job {info['job_id']} still {info['status']} after {timeout:g} s; it keeps its place "
+                 f"(see `streamlearn status {info['job_id']}`)")
+            raise SystemExit(3)
+        return info
+
+    if "trials" in (first := fetch(job_id)):
+        return wait_for_sweep(first["job_id"], fetch, show=show, poll=poll)
     if not show:
-        while (info := _job(job_id))["status"] not in TERMINAL:
+        while (info := fetch(job_id))["status"] not in TERMINAL:
             time.sleep(poll)
         return info
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn())
     with Progress(*columns, console=make_console(stderr=True)) as bar:
-        info = _job(job_id)
-        row = bar.add_task(f"{info['task']}", total=None, detail="")
+        row = bar.add_task(visible(first["task"]), total=None, detail="")
         while True:
-            info = _job(job_id)
+            info = fetch(job_id)
             _update_bar(bar, row, info)
             if info["status"] in TERMINAL:
                 return info
@@ -187,9 +212,9 @@ def _update_bar(bar, row, info: dict) -> None:
     elif info["status"] in TERMINAL:
         total = p["total_steps"] or 1
         bar.update(row, completed=total if info["status"] == "succeeded" else p["step"] or 0, total=total,
-                   detail=info["status"] if not info["error"] else f"failed: {info['error'][:80]}")
+                   detail=info["status"] if not info["error"] else visible(f"{info['status']}: {info['error'][:80]}"))
     else:
-        bar.update(row, detail=info["status"] + (f" - {info['warning']}" if info.get("warning") else ""))
+        bar.update(row, detail=info["status"])
 
 
 def _print_task_row(task: str) -> None:
@@ -205,7 +230,7 @@ def _print_task_row(task: str) -> None:
 
     table = Table("task", "status", "method", "val acc", "test acc", "stored params", "bytes", "sha256")
     acc = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    table.add_row(r["task"], r["status"] or "-", r["method"] or "-", acc(r["val_accuracy"]), acc(r["test_accuracy"]),
+    table.add_row(plain(r["task"]), r["status"] or "-", r["method"] or "-", acc(r["val_accuracy"]), acc(r["test_accuracy"]),
                   "-" if r["stored_params"] is None else f"{r['stored_params']:,}",
                   "-" if r["bytes"] is None else f"{r['bytes']:,}", (r["sha256"] or "-")[:12])
     make_console().print(table)
@@ -253,44 +278,10 @@ def _render_status(info: dict) -> None:
     if info["error"]:
         rows.append(("error", info["error"]))
     for key, value in rows:
-        table.add_row(key, str(value))
+        table.add_row(key, plain(value))
     console.print(table)
     if info.get("warning"):
-        console.print(f"[yellow]{info['warning']}[/yellow]")
-
-
-@main.command("jobs")
-@click.option("--status", "status", type=click.Choice(["queued", "running", "succeeded", "failed"]),
-              help="Only jobs with this status.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per job.")
-def jobs_command(status: str | None, as_json: bool) -> None:
-    """List jobs, oldest first: id, task, status, attempts, progress, worker, created_at."""
-    from streamlearn.catalogue.queries import list_jobs
-    from streamlearn.catalogue.session import session_scope
-    from streamlearn.recovery import idle_queue_warning
-
-    with session_scope(readonly=True) as s:
-        rows = list_jobs(s, status)
-        warning = idle_queue_warning(s)
-    if as_json:
-        echo_json(rows)
-        return
-    console = make_console()
-    if not rows:
-        console.print("No jobs" + (f" with status {status}" if status else "") + ". Submit one with "
-                      "`streamlearn submit-task DATA.jsonl`, or try `streamlearn demo`.")
-    else:
-        from rich.table import Table
-
-        table = Table("job", "task", "status", "attempts", "progress", "worker", "created", title=f"{len(rows)} jobs")
-        for r in rows:
-            p = r["progress"]
-            progress = "-" if not p["total_steps"] else f"{p['step']}/{p['total_steps']} (epoch {p['epoch']})"
-            table.add_row(r["job_id"][:8], r["task"], r["status"], str(r["attempts"]), progress, r["worker"] or "-",
-                          r["created_at"][:19])
-        console.print(table)
-    if warning:
-        console.print(f"[yellow]{warning}[/yellow]")
+        warn(info["warning"])
 
 
 @main.command("evaluate")
@@ -315,13 +306,13 @@ def evaluate_command(task: str | None, all_tasks: bool, as_json: bool) -> None:
 
         table = Table("task", "split", "examples", "accuracy", "catalogue", "macro-F1", "catalogue", "drift")
         for r in rows:
-            table.add_row(r["task"], r["split"], str(r["examples"]), f"{r['accuracy']:.4f}",
+            table.add_row(plain(r["task"]), r["split"], str(r["examples"]), f"{r['accuracy']:.4f}",
                           f"{r['catalogue_accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['catalogue_macro_f1']:.4f}",
                           f"{r['drift']:.2g}")
         console = make_console()
         console.print(table)
         worst = max((r["drift"] for r in rows), default=0.0)
-        console.print(f"{len(rows)} task(s) re-evaluated; largest drift {worst:.2g}"
+        console.print(f"{count(len(rows), 'task')} re-evaluated; largest drift {worst:.2g}"
                       + (" - nothing was forgotten." if worst == 0 else " - DRIFT!"))
     if any(r["drift"] != 0 for r in rows):
         raise SystemExit(1)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import click
 
-from streamlearn.cli import make_console
+from streamlearn.cli.console import make_console, plain, visible
 
-TERMINAL = ("succeeded", "failed")
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def sweep_options(func):
@@ -62,7 +62,7 @@ def render_trials(info: dict, console=None) -> None:
     ended = sum(t["status"] in TERMINAL for t in trials)
     spec = info["hyperparameters"].get("sweep", {})
     rule = "" if spec.get("prefer_smaller") is None else f", prefer smaller within {spec['prefer_smaller']}"
-    table = Table(title=f"sweep {spec.get('name', '?')}: {ended}/{len(trials)} trials ended{rule}")
+    table = Table(title=plain(f"sweep {spec.get('name', '?')}: {ended}/{len(trials)} trials ended{rule}"))
     for name in ("#", "trial", "status", "hyperparameters", "progress"):
         table.add_column(name, justify="right" if name == "#" else "left")
     table.add_column("val acc", justify="right")
@@ -70,16 +70,16 @@ def render_trials(info: dict, console=None) -> None:
     table.add_column("chosen", justify="center")
     for i, t in enumerate(trials, 1):
         table.add_row(str(i), t["job_id"][:8], t["status"], label(t["hyperparameters"]), _progress(t),
-                      _acc(t["val_accuracy"]), t["worker"] or "-", "✓" if t["chosen"] else "")
+                      _acc(t["val_accuracy"]), plain(t["worker"] or "-"), "✓" if t["chosen"] else "")
     console = console or make_console(wide=True)
     console.print(table)
     winner = next((t for t in trials if t["chosen"]), None)
     if winner is not None:
-        console.print(f"winner: trial {winner['job_id'][:8]} ({label(winner['hyperparameters'])}), "
-                      f"val accuracy {_acc(winner['val_accuracy'])}; the other trials' artifacts were deleted")
+        console.print(plain(f"winner: trial {winner['job_id'][:8]} ({label(winner['hyperparameters'])}), "
+                            f"val accuracy {_acc(winner['val_accuracy'])}; the other trials' artifacts were deleted"))
     for t in trials:
         if t["status"] == "failed" and t["error"]:
-            console.print(f"[red]trial {t['job_id'][:8]} failed:[/red] {t['error'][:200]}")
+            console.print(plain(f"trial {t['job_id'][:8]} failed: {t['error'][:200]}", style="red"))
 
 
 def wait_for_sweep(job_id: str, fetch: Callable[[str], dict], show: bool = True, poll: float = 0.5) -> dict:
@@ -95,16 +95,15 @@ def wait_for_sweep(job_id: str, fetch: Callable[[str], dict], show: bool = True,
         while (info := fetch(job_id))["status"] not in TERMINAL:
             time.sleep(poll)
         return info
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from streamlearn.sweep import label
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bars:
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn())
+    with Progress(*columns, console=make_console(stderr=True)) as bars:
         info = fetch(job_id)
-        overall = bars.add_task(f"{info['task']} sweep", total=len(info["trials"]), detail="")
+        overall = bars.add_task(visible(f"{info['task']} sweep"), total=len(info["trials"]), detail="")
         rows: dict[str, int] = {}
         while True:
             info = fetch(job_id)
@@ -122,7 +121,7 @@ def wait_for_sweep(job_id: str, fetch: Callable[[str], dict], show: bool = True,
                     continue
                 if t["status"] == "running" and p["total_steps"]:
                     bars.update(row, completed=p["step"], total=p["total_steps"],
-                                detail=f"epoch {p['epoch']} on {t['worker']}")
+                                detail=visible(f"epoch {p['epoch']} on {t['worker']}"))
                 elif t["status"] in TERMINAL:
                     total = p["total_steps"] or 1
                     bars.update(row, completed=total if t["status"] == "succeeded" else p["step"] or 0, total=total,

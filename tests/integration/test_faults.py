@@ -460,13 +460,14 @@ def test_backbone_changed_during_a_job_fails_it_loudly_and_the_worker_refuses_la
     from streamlearn.catalogue.session import session_scope
     from streamlearn.data import DataSpec
     from streamlearn.errors import BackboneChanged
+    from streamlearn.submission import SubmitRequest, submit
 
     def submit(name: str) -> str:
         args = _task(tmp_path / "data", name, seed=len(name))
-        return jobs.submit(args[0], name=name, validation=args[2], test=None, spec=DataSpec(),
+        return submit(SubmitRequest(args[0], name=name, validation=args[2], test=None, spec=DataSpec(),
                            method={"method": "adapter", "adapter_size": 8, "top_k": 1, "sigma": 1e-2, "pooling": "mean"},
                            train_config={"epochs": 1, "lr": None, "batch_size": 16, "max_length": 32, "seed": 0,
-                                         "warmup": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0}).job_id
+                                         "warmup": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0})).job_id
 
     first, second = submit("victim"), submit("next")
     real_fit = pipeline.fit
@@ -524,12 +525,13 @@ def test_reconcile_requeues_a_stale_heartbeat_only_when_its_worker_may_be_gone(i
     from streamlearn.catalogue.models import Job, utcnow
     from streamlearn.catalogue.session import session_scope
     from streamlearn.data import DataSpec
+    from streamlearn.submission import SubmitRequest, submit
 
     args = _task(tmp_path / "data", "stale", seed=9)
-    job_id = jobs.submit(args[0], name="stale", validation=args[2], spec=DataSpec(),
+    job_id = submit(SubmitRequest(args[0], name="stale", validation=args[2], spec=DataSpec(),
                          method={"method": "adapter", "adapter_size": 8, "top_k": 1, "sigma": 1e-2, "pooling": "mean"},
                          train_config={"epochs": 1, "lr": None, "batch_size": 16, "max_length": 32, "seed": 0,
-                                       "warmup": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0}).job_id
+                                       "warmup": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0})).job_id
     host, pid = (socket.gethostname(), os.getpid()) if requeued is False else ("elsewhere", 4242)
     with session_scope() as s:
         records.mark_running(s, job_id, host, pid)
