@@ -588,7 +588,10 @@ def render(data: dict, docs_dir: Path) -> str:
                 f"Rounds alternate (A B, B A, ...); {t['repeats']} repeats.", "",
                 f"- submit-task process: {', '.join(f'{v:.2f}' for v in t['values']['cli'])} s; in-process "
                 f"{', '.join(f'{v:.2f}' for v in t['values']['in_process'])} s; **overhead {t['overhead_seconds']:+.2f} s per job** "
-                f"(medians), ratio {t['ratio_of_medians']:.3f}.", "",
+                f"(medians), ratio {t['ratio_of_medians']:.3f}; the per-round ratios run from "
+                f"{min(a / b for a, b in zip(t['values']['cli'], t['values']['in_process'])):.3f} to "
+                f"{max(a / b for a, b in zip(t['values']['cli'], t['values']['in_process'])):.3f} (the shared CPU's load "
+                "changes between rounds, which is why the sides alternate and the medians are compared).", "",
                 "| part (median over the repeats) | seconds | share of the process's wall time |", "|---|---:|---:|"]
         labels = {"cli_startup": "CLI start-up (`submit-task --help`: interpreter, imports, parsing)",
                   "submission": "submission (validate, copy into the store, record the job)",

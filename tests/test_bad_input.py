@@ -224,3 +224,15 @@ def test_readme_limits_section_states_every_data_limit():
     for needle in ("1000 classes", "`--max-classes`", "1 MB", "`--max-line-bytes`", "UTF-8", "BOM", "`.jsonl.gz`",
                    "control characters", "1-64 characters", "exit code 2"):
         assert needle in limits, needle
+
+
+def test_readme_counts_of_the_bad_data_corpus_match_it():
+    """The README's sentence on tests/bad_data/ states the real numbers of files, cases, refusals and acceptances."""
+    import re
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    found = re.search(r"`tests/bad_data/` holds (\d+) files for (\d+) cases \(`tests/bad_data/cases.json`\): (\d+) "
+                      r"refused, each with the message it gets, and (\d+) unusual but valid inputs", readme)
+    assert found, "the README no longer states the corpus's numbers"
+    files = [p for p in CORPUS.iterdir() if p.name not in ("cases.json", "README.md")]
+    assert tuple(map(int, found.groups())) == (len(files), len(CASES), len(REFUSED), len(ACCEPTED))

@@ -49,7 +49,7 @@ def _status(job_id: str, url: str | None = None) -> str:
 
 def _upgrade_to(url: str, revision: str) -> None:
     config = Config()
-    config.set_main_option("script_location", str(session.MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(session.migrations_dir()))
     with session.make_engine(url).begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)

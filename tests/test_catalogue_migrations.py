@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import fnmatch
-import tomllib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import zipfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -60,7 +65,7 @@ def test_migration_downgrades_to_empty(db_url: str) -> None:
     """Downgrading revision 0001 removes every table it created."""
     session.upgrade(db_url)
     config = Config()
-    config.set_main_option("script_location", str(session.MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(session.migrations_dir()))
     with session.get_engine(db_url).begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, "base")
@@ -71,19 +76,70 @@ def test_migration_downgrades_to_empty(db_url: str) -> None:
 def test_head_revision_constant_matches_the_scripts() -> None:
     """`session.HEAD_REVISION`, used for the instant on-open check, is the scripts' real head."""
     config = Config()
-    config.set_main_option("script_location", str(session.MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(session.migrations_dir()))
     assert ScriptDirectory.from_config(config).get_current_head() == session.HEAD_REVISION
 
 
-def test_package_data_ships_every_migration_file() -> None:
-    """Each file of the migrations folder matches a package-data glob, so a wheel install can upgrade."""
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    globs = pyproject["tool"]["setuptools"]["package-data"]["streamlearn"]
-    package = ROOT / "streamlearn"
-    files = [p.relative_to(package).as_posix() for p in (package / "migrations").rglob("*")
-             if p.is_file() and "__pycache__" not in p.parts and p.suffix in {".py", ".ini"}]
-    assert "migrations/versions/0001_initial.py" in files
-    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), files
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without PYTHONPATH or streamlearn settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("STREAMLEARN_")}
+    return {**env, **extra}
+
+
+def _tables(db: Path) -> set[str]:
+    with sqlite3.connect(db) as con:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_alembic_upgrade_head_works_from_the_repository_root(tmp_path: Path) -> None:
+    """`alembic upgrade head` at the root (alembic.ini, migrations/) creates the catalogue named by STREAMLEARN_DATABASE_URL."""
+    db = tmp_path / "catalogue.db"
+    proc = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, capture_output=True, text=True,
+                          env=_clean_env(PYTHONPATH=str(ROOT), STREAMLEARN_DATABASE_URL=f"sqlite:///{db}"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert _tables(db) == TABLES
+    assert session.current_revision(f"sqlite:///{db}") == session.HEAD_REVISION
+
+
+@pytest.mark.slow
+def test_a_wheel_install_carries_the_migrations_and_upgrades_a_catalogue(tmp_path: Path) -> None:
+    """A wheel built from the checkout, installed into a fresh venv, holds every migration and creates a catalogue."""
+    source = tmp_path / "source"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.split("\n")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w",
+                    str(wheels)], check=True, capture_output=True, env=_clean_env(), timeout=300)
+    (wheel,) = wheels.glob("streamlearn-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {n for n in zf.namelist() if n.startswith("streamlearn/migrations/")}
+    expected = {f"streamlearn/migrations/{p.relative_to(ROOT / 'migrations').as_posix()}"
+                for p in (ROOT / "migrations").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert expected <= shipped and "streamlearn/migrations/versions/0001_initial.py" in shipped
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    # This interpreter's installed dependencies, added as a plain path (its .pth files, such as an
+    # editable install of some checkout, are not processed), so only the wheel provides streamlearn.
+    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (site / "deps.pth").write_text("\n".join(deps) + "\n", encoding="utf-8")
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, env=_clean_env(), timeout=300)
+    db = tmp_path / "installed.db"
+    code = ("import json, streamlearn.catalogue.session as s; "
+            "print(json.dumps([s.__file__, str(s.migrations_dir()), s.upgrade()]))")
+    proc = subprocess.run([str(python), "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=_clean_env(STREAMLEARN_DATABASE_URL=f"sqlite:///{db}"))
+    assert proc.returncode == 0, proc.stderr
+    module, folder, revision = json.loads(proc.stdout)
+    assert module.startswith(str(site)) and folder == str(site / "streamlearn" / "migrations")
+    assert revision == session.HEAD_REVISION and _tables(db) == TABLES
 
 
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:

@@ -1,6 +1,6 @@
 """The catalogue's tables: backbones, tasks, jobs, artifacts and metrics (SQLAlchemy 2.0 typed models).
 
-The migration in `streamlearn/migrations/versions/` creates these tables; a test checks that the
+The migration in `migrations/versions/` creates these tables; a test checks that the
 models and the migration agree. Every timestamp is timezone-aware UTC, also on SQLite, which keeps
 naive strings: `UTCDateTime` converts on the way in and tags UTC on the way out.
 """

@@ -26,8 +26,21 @@ from streamlearn.settings import get_settings, mask_url
 HEAD_REVISION = "0002_hardening"
 """The newest migration; a test checks it against the migration scripts."""
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-"""The packaged Alembic environment (`env.py`, `versions/`)."""
+def migrations_dir() -> Path:
+    """The Alembic environment (`env.py`, `versions/`) of this copy of streamlearn, found from this file's location.
+
+    A wheel install carries it inside the package (`streamlearn/migrations`, mapped there from the
+    top-level `migrations/` at build time); a source checkout, an editable install or a
+    PYTHONPATH pointing at a checkout has it at the repository root, beside `alembic.ini`. The
+    import system is not asked, so an editable install of another checkout cannot substitute its own.
+    """
+    package = Path(__file__).resolve().parent.parent
+    for folder in (package / "migrations", package.parent / "migrations"):
+        if (folder / "env.py").is_file() and (folder.parent == package or (package.parent / "alembic.ini").is_file()):
+            return folder
+    raise StreamlearnError(f"no Alembic migrations beside {package} (neither {package / 'migrations'} nor "
+                           f"{package.parent / 'migrations'}); reinstall streamlearn")
+
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _READONLY = "streamlearn_readonly"
@@ -168,7 +181,7 @@ def upgrade(url: str | None = None) -> str:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_UPGRADE_LOCK})
         config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.set_main_option("script_location", str(migrations_dir()))
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
     with _lock:
@@ -193,7 +206,7 @@ def get_engine(url: str | None = None) -> Engine:
         return engine
     revision = current_revision(url)
     if revision != HEAD_REVISION:
-        if revision is not None and not any((MIGRATIONS_DIR / "versions").glob(f"{revision}*.py")):
+        if revision is not None and not any((migrations_dir() / "versions").glob(f"{revision}*.py")):
             raise StreamlearnError(
                 f"catalogue {mask_url(url)} is at schema {revision}, newer than this streamlearn ({HEAD_REVISION})"
             )

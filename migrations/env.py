@@ -2,8 +2,9 @@
 
 `streamlearn.catalogue.session.upgrade()` runs it programmatically with an open connection in
 `config.attributes["connection"]` (one transaction, under a lock). From a source checkout the
-`alembic` command works too: `alembic -c streamlearn/migrations/alembic.ini upgrade head` uses
-`sqlalchemy.url` from that file or else the settings' catalogue URL.
+`alembic` command works too: `alembic upgrade head` at the repository root (`alembic.ini`) uses
+`sqlalchemy.url` from that file or else the settings' catalogue URL (STREAMLEARN_DATABASE_URL, or
+the SQLite catalogue under STREAMLEARN_HOME).
 """
 
 from __future__ import annotations
