@@ -18,16 +18,21 @@ BYTES_PER_PARAM = 4
 """Artifacts and backbones are stored as float32."""
 
 
-def task_params(L: int, d: int, m: int, C: int) -> int:  # noqa: N803 (the paper's symbols)
-    """Exact parameters one adapter task stores: 2L(2md+m+d) + (4L+2)d + (d+1)C.
+def task_params(L: int, d: int, m: int, C: int, N: int = 0) -> int:  # noqa: N803 (the paper's symbols)
+    """Exact parameters one adapter task stores: 2(L−N)(2md+m+d) + 4(L−N)d + 2d·[N=0] + (d+1)C.
+
+    The formula is the method registry's (`methods.parameter_count`), the one place it is written.
 
     Args:
         L: Transformer layers of the backbone.
         d: Hidden size.
         m: Adapter bottleneck size.
         C: Number of classes.
+        N: AdapterDrop depth (layers without adapters); 0 is the faithful Houlsby method.
     """
-    return 2 * L * (2 * m * d + m + d) + (4 * L + 2) * d + (d + 1) * C
+    from streamlearn.methods import MethodConfig, Shape, parameter_count
+
+    return parameter_count(MethodConfig(adapter_size=m, drop_layers=N), Shape(L, d, C))
 
 
 @dataclass(frozen=True)

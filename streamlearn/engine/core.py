@@ -20,10 +20,10 @@ from streamlearn.data import Example
 from streamlearn.engine import encoder, sites
 from streamlearn.engine.loading import LoadedTask
 from streamlearn.engine.parts import TaskParts
+from streamlearn.engine.sites import prepare
 from streamlearn.errors import InvalidConfig, UnknownTask
 
 log = logging.getLogger(__name__)
-_INSTALL = threading.Lock()
 
 
 class Item(NamedTuple):
@@ -32,14 +32,6 @@ class Item(NamedTuple):
     task: str
     text: str
     text_pair: str | None = None
-
-
-def prepare(backbone) -> None:
-    """Install the persistent sites into `backbone` (once per backbone object; idempotent)."""
-    with _INSTALL:
-        if not getattr(backbone, "sites_installed", False):
-            sites.install(backbone.model, backbone.arch, backbone.info.layers)
-            backbone.sites_installed = True
 
 
 class TaskModel(nn.Module):

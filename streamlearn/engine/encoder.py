@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from streamlearn.engine.sites import Route, current, routed
+from streamlearn.engine.sites import Route, current, prepare, routed
 
 
 def _mask(backbone, hidden: torch.Tensor, attention_mask: torch.Tensor):
@@ -43,6 +43,7 @@ def encode(backbone, inputs: Mapping[str, torch.Tensor], start: int = 0, stop: i
         stop: Layer to stop before (default: all layers).
         hidden: The states entering layer `start`.
     """
+    prepare(backbone)
     stop = backbone.info.layers if stop is None else stop
     if hidden is None:
         if start:
@@ -133,6 +134,7 @@ def fan_out(backbone, inputs: Mapping[str, torch.Tensor], tasks: Sequence) -> li
     Returns:
         One (B, C_task) logits tensor per task, in `tasks` order.
     """
+    prepare(backbone)
     layers, b = backbone.info.layers, inputs["input_ids"].shape[0]
     device = inputs["input_ids"].device
     out: list[torch.Tensor | None] = [None] * len(tasks)

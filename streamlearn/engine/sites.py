@@ -17,8 +17,9 @@ its base: a private copy of a layer (top-k) or of the model (full) is a plain Hu
 from __future__ import annotations
 
 import contextlib
-import copy
 import contextvars
+import copy
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -182,4 +183,17 @@ def install(model: nn.Module, arch, layers: int) -> None:
         parent = model.get_submodule(parent_path) if parent_path else model
         module = getattr(parent, name)
         if not isinstance(module, Site):
-            setattr(parent, name, Site(module, key, role))
+            setattr(parent, name, Site(module, key, role).train(module.training))
+
+
+_INSTALL = threading.Lock()
+
+
+def prepare(backbone) -> None:
+    """Install the persistent sites into `backbone` (once per backbone object; idempotent, thread-safe)."""
+    if getattr(backbone, "sites_installed", False):
+        return
+    with _INSTALL:
+        if not getattr(backbone, "sites_installed", False):
+            install(backbone.model, backbone.arch, backbone.info.layers)
+            backbone.sites_installed = True
