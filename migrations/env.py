@@ -53,9 +53,11 @@ def run_online() -> None:
 
     # The catalogue's own engine settings: SQLite's folder is created, and BEGIN IMMEDIATE holds
     # the write lock for the whole migration.
+    from streamlearn.catalogue.session import migration_transaction
+
     engine = make_engine(_url())
     try:
-        with engine.begin() as connection:
+        with engine.connect() as connection, migration_transaction(connection):
             _configure(connection)
             with context.begin_transaction():
                 context.run_migrations()

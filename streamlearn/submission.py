@@ -32,10 +32,11 @@ from streamlearn.errors import InvalidConfig
 from streamlearn.settings import get_settings
 from streamlearn.sweep import SweepSpec
 
-METHOD_FIELDS = ("method", "adapter_size", "top_k", "sigma", "pooling")
+METHOD_FIELDS = ("method", "adapter_size", "top_k", "sigma", "pooling", "drop_layers")
 """The fields of `MethodConfig`, i.e. the method flags of `submit-task` (a test checks both)."""
 
-TRAIN_FIELDS = ("epochs", "lr", "batch_size", "max_length", "seed", "warmup", "weight_decay", "max_grad_norm")
+TRAIN_FIELDS = ("epochs", "lr", "batch_size", "max_length", "seed", "warmup", "weight_decay", "max_grad_norm",
+                "store_dtype")
 """The fields of `TrainConfig`, i.e. the training flags of `submit-task` (a test checks both)."""
 
 SPEC_FIELDS = ("text_field", "label_field", "max_classes", "max_line_bytes", "max_bytes")

@@ -50,7 +50,7 @@ def _status(job_id: str, url: str | None = None) -> str:
 def _upgrade_to(url: str, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(session.migrations_dir()))
-    with session.make_engine(url).begin() as conn:
+    with session.make_engine(url).connect() as conn, session.migration_transaction(conn):
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
 
@@ -66,7 +66,23 @@ def test_migration_upgrades_a_0001_catalogue_in_place_and_allows_cancelled(db_ur
                           "attempts, chosen, created_at, enqueued_at) SELECT 'job-1', id, 'train', 'adapter', '{}', "
                           ":sha, 'queued', 0, false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP FROM tasks"),
                      {"sha": "2" * 64})
+        # a sweep's trial and an artifact and metric of the job: rows that reference `jobs`, which the
+        # SQLite rebuild of that table must keep (a cascading DROP would delete them)
+        conn.execute(text("INSERT INTO jobs (id, task_id, kind, parent_id, method, hyperparameters, spec_sha256, "
+                          "status, attempts, chosen, created_at, enqueued_at) SELECT 'trial-1', id, 'trial', 'job-1', "
+                          "'adapter', '{}', :sha, 'succeeded', 1, true, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP FROM tasks"),
+                     {"sha": "3" * 64})
+        conn.execute(text("INSERT INTO backbones (id, name, path, fingerprint, layers, hidden, params, bytes, "
+                          "created_at) VALUES (1, 'b', '/b', :sha, 2, 32, 1, 4, CURRENT_TIMESTAMP)"), {"sha": "5" * 64})
+        conn.execute(text("INSERT INTO artifacts (job_id, backbone_id, uri, sha256, bytes, trainable_params, "
+                          "stored_params, method, classes, created_at) VALUES ('trial-1', 1, "
+                          "'tasks/old/trial-1.safetensors', :sha, 10, 1, 1, 'adapter', 2, CURRENT_TIMESTAMP)"),
+                     {"sha": "4" * 64})
+        conn.execute(text("INSERT INTO metrics (job_id, split, name, value) VALUES ('trial-1', 'test', 'accuracy', 0.5)"))
     assert session.upgrade(db_url) == "0002_hardening"
+    with session.make_engine(db_url).connect() as conn:
+        counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in ("jobs", "artifacts", "metrics")}
+    assert counts == {"jobs": 2, "artifacts": 1, "metrics": 1}
     with session_scope(db_url) as s:
         assert records.find_task(s, "OLD").name == "old"
         assert records.mark_cancelled(s, "job-1") == ["job-1"]

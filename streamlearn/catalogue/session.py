@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, exc, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -126,6 +126,35 @@ def _sqlite_events(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READONLY) else "BEGIN IMMEDIATE")
 
 
+@contextmanager
+def migration_transaction(conn: Connection) -> Iterator[None]:
+    """One transaction for a migration; on SQLite, with foreign-key actions off until its end.
+
+    SQLite cannot alter a constraint, so a migration rebuilds the table (Alembic batch mode): it
+    creates a copy and DROPs the original. With foreign keys on, that DROP is an implicit DELETE
+    whose ON DELETE CASCADE removes every row that references the table (a rebuild of `jobs` would
+    delete every artifact, metric and trial). The pragma is a no-op inside a transaction, so it is
+    set before BEGIN, and `PRAGMA foreign_key_check` must find nothing before the commit.
+
+    Raises:
+        StreamlearnError: the migrated catalogue has rows whose parent is missing (rolled back).
+    """
+    sqlite = conn.dialect.name == "sqlite"
+    if sqlite:
+        conn.connection.dbapi_connection.execute("PRAGMA foreign_keys = OFF")
+    try:
+        with conn.begin():
+            yield
+            if sqlite:
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise StreamlearnError(f"the catalogue migration left {len(broken)} rows without their parent "
+                                           f"(first: table {broken[0][0]}, row {broken[0][1]}); nothing was changed")
+    finally:
+        if sqlite:
+            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys = ON")
+
+
 def make_engine(url: str) -> Engine:
     """A new, uncached engine with the catalogue's connection settings; it does not upgrade the schema.
 
@@ -175,7 +204,7 @@ def upgrade(url: str | None = None) -> str:
 
     url = resolve_url(url)
     engine = _raw_engine(url)
-    with _unavailable_as_transient(url), engine.begin() as conn:
+    with _unavailable_as_transient(url), engine.connect() as conn, migration_transaction(conn):
         # SQLite: BEGIN IMMEDIATE already holds the write lock. PostgreSQL: take an advisory lock so
         # two processes opening a fresh database do not both create the tables.
         if engine.dialect.name == "postgresql":

@@ -83,7 +83,8 @@ def worker(concurrency: int, queues: str | None, loglevel: str, pool: str) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print {job_id, task, status} as JSON (and trials: [ids] for a sweep).")
 @with_data_limits("task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit; unique without",
                   "               regard to case (Same and same are one name)")
-def submit_task_command(data, name, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr,
+def submit_task_command(data, name, validation, test_file, method, adapter_size, top_k, sigma, pooling, drop_layers,
+                        store_dtype, epochs, lr,
                         batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field,
                         max_classes, max_line_bytes, max_bytes, sweep_name, grid, seeds, prefer_smaller, force, wait,
                         timeout, as_json) -> None:
@@ -111,9 +112,9 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
     spec = sweep.resolve(sweep_name, grid, seeds, prefer_smaller)
     submission = submit(SubmitRequest.from_options(
         data, name=name, validation=validation, test=test_file, force=force, sweep=spec, method=method,
-        adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling, epochs=epochs, lr=lr,
+        adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling, drop_layers=drop_layers, epochs=epochs, lr=lr,
         batch_size=batch_size, max_length=max_length, seed=seed, warmup=warmup, weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm, text_field=text_field, label_field=label_field, max_classes=max_classes,
+        max_grad_norm=max_grad_norm, store_dtype=store_dtype, text_field=text_field, label_field=label_field, max_classes=max_classes,
         max_line_bytes=max_line_bytes, max_bytes=max_bytes or get_settings().max_dataset_bytes,
     ))
     status = submission.status
@@ -316,23 +317,3 @@ def evaluate_command(task: str | None, all_tasks: bool, as_json: bool) -> None:
                       + (" - nothing was forgotten." if worst == 0 else " - DRIFT!"))
     if any(r["drift"] != 0 for r in rows):
         raise SystemExit(1)
-
-
-def task_artifact(task: str) -> tuple[str, str]:
-    """The current artifact of `task` as (path, sha256), for `predict TASK`.
-
-    Raises:
-        UnknownTask: no such task, or it has no artifact yet.
-    """
-    from streamlearn.catalogue.queries import task_table
-    from streamlearn.catalogue.records import find_task
-    from streamlearn.catalogue.session import session_scope
-    from streamlearn.errors import UnknownTask
-    from streamlearn.jobs import artifact_path
-
-    with session_scope(readonly=True) as s:
-        find_task(s, task)
-        row = next(r for r in task_table(s) if r["task"] == task)
-    if row["uri"] is None:
-        raise UnknownTask(f"task {task!r} has no trained artifact yet (status: {row['status']})")
-    return str(artifact_path(row["uri"])), row["sha256"]
