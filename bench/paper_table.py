@@ -221,32 +221,40 @@ def stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def expected_shapes(backbone, method_cfg, classes: int) -> dict[str, tuple[int, ...]]:
-    """The tensors a method must store, by name and shape, derived from the backbone itself (Houlsby et al. 2019, Sec. 2-3).
+    """The tensors a method must store, by format-2 name and shape, derived from the backbone itself (Houlsby et al. 2019, Sec. 2-3).
 
-    adapter: two adapters per layer (down d->m, up m->d, with biases), every LayerNorm, the head;
-    layernorm: every LayerNorm and the head; top-k: the top k layers' weights and the head; full:
-    every backbone weight and the head. Independent of `TaskModules`, so a stored tensor too many
-    or too few, or one of the wrong shape, makes the comparison fail.
+    adapter: two adapters per layer (down d->m, up m->d, with biases), every LayerNorm, the head
+    (with AdapterDrop N, Rücklé et al. 2021, none of these in the embeddings and the lowest N
+    layers); layernorm: every LayerNorm and the head; top-k: the top k layers' weights and the
+    head; full: every backbone weight and the head. Independent of the engine's parts, so a stored
+    tensor too many or too few, or one of the wrong shape, makes the comparison fail.
     """
     arch, n, d, m = backbone.arch, backbone.info.layers, backbone.info.hidden, method_cfg.adapter_size
+    drop = getattr(method_cfg, "drop_layers", 0)
     out: dict[str, tuple[int, ...]] = {"head.weight": (classes, d), "head.bias": (classes,)}
 
     def params(prefix: str, module) -> None:
-        out.update({f"{prefix}.{k}": tuple(p.shape) for k, p in module.named_parameters()})
+        # state_dict: the backbone's own tensor names (the engine's sites are transparent to it)
+        out.update({f"{prefix}.{k}": tuple(p.shape) for k, p in module.state_dict().items()})
 
+    def norm(prefix: str) -> None:
+        out.update({f"{prefix}.weight": (d,), f"{prefix}.bias": (d,)})
+
+    sites = ("attention", "ffn")
     if method_cfg.method == "adapter":
-        for i in range(2 * n):
-            out.update({f"adapters.{i}.down.weight": (m, d), f"adapters.{i}.down.bias": (m,),
-                        f"adapters.{i}.up.weight": (d, m), f"adapters.{i}.up.bias": (d,)})
+        for i in range(drop, n):
+            for site in sites:
+                out.update({f"layers.{i}.{site}.adapter.down.weight": (m, d), f"layers.{i}.{site}.adapter.down.bias": (m,),
+                            f"layers.{i}.{site}.adapter.up.weight": (d, m), f"layers.{i}.{site}.adapter.up.bias": (d,)})
     if method_cfg.method in ("adapter", "layernorm"):
-        norms = [backbone.model.get_submodule(arch.embeddings_norm)]
-        for i in range(n):
-            norms += [backbone.layer(i).get_submodule(arch.attn_norm), backbone.layer(i).get_submodule(arch.ffn_norm)]
-        for j, norm in enumerate(norms):
-            params(f"norms.{j}", norm)
+        if drop == 0:
+            norm("embeddings.norm")
+        for i in range(drop, n):
+            for site in sites:
+                norm(f"layers.{i}.{site}.norm")
     if method_cfg.method == "top-k":
-        for j, i in enumerate(range(n - method_cfg.top_k, n)):
-            params(f"layers.{j}", backbone.layer(i))
+        for i in range(n - method_cfg.top_k, n):
+            params(f"layers.{i}.copy", backbone.layer(i))
     if method_cfg.method == "full":
         params("encoder", backbone.model)
     return out
