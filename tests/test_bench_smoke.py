@@ -173,14 +173,16 @@ def test_paper_table_task_lrs_keeps_the_better_rate_per_task(tiny_data_dir: Path
     kept = data["lr_check"]["per_task"]["layernorm"]
     assert len(kept) == 2 and kept[0] == data["lr_check"]["chosen"]["layernorm"]
     assert sorted(r["lr"] for r in data["runs"] if r["task"] == "beta") == sorted(kept)
-    beta = paper_table.table_rows(data)[("beta", "layernorm")]
+    from bench import paper_report
+
+    beta = paper_report.table_rows(data)[("beta", "layernorm")]
     best = max((r for r in data["runs"] if r["task"] == "beta"), key=lambda r: (r["val_accuracy"], -r["lr"]))
     assert beta["lr"] == best["lr"]
 
 
 def test_paper_table_repeat_seeds_run_only_the_selected_rate(tiny_data_dir: Path, tiny_backbone_dir: str, tmp_path: Path) -> None:
     """--repeat-seeds runs each extra seed once per (task, method), at the rate seed 0 chose on validation, and records provenance."""
-    from bench import paper_table
+    from bench import paper_report, paper_table
 
     docs = tmp_path / "docs"
     argv = ["--data-dir", str(tiny_data_dir), "--backbone", tiny_backbone_dir, "--device", "cpu", "--docs-dir", str(docs),
@@ -192,6 +194,6 @@ def test_paper_table_repeat_seeds_run_only_the_selected_rate(tiny_data_dir: Path
             runs = [r for r in data["runs"] if (r["task"], r["method"]) == (task, method)]
             chosen = paper_table.selected_lr(runs, data["lr_check"]["per_task"][method], selection_seed=0)
             assert sorted((r["seed"], r["lr"]) for r in runs if r["seed"] > 0) == [(1, chosen), (2, chosen)]
-            assert paper_table.table_rows(data)[(task, method)]["seeds"] == [0, 1, 2]
+            assert paper_report.table_rows(data)[(task, method)]["seeds"] == [0, 1, 2]
     assert all(r["tensors_match"] and "git_commit" in r and isinstance(r["collapsed"], bool) for r in data["runs"])
     assert data["plan"]["repeat_seeds"] == {"adapter": [1, 2], "full": [1, 2]}
