@@ -26,6 +26,8 @@ MEMORY_LIMIT = 1 << 30
 """Address-space limit (1 GiB) of the CLI process that is handed a gzip bomb."""
 PEAK_RSS_LIMIT_MB = 250
 """Peak resident memory allowed for refusing a bomb (main took over 5 GB for the single-line one)."""
+SECONDS_LIMIT = 60
+"""A bound, not a speed claim: main needed 4 minutes and then died; refusing takes about a second here."""
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -72,11 +74,11 @@ def test_gzip_bomb_of_valid_lines_is_refused_at_the_size_cap_within_seconds(tmp_
     bomb = _bomb(tmp_path / "bomb.jsonl.gz", member, 50)
     assert bomb.stat().st_size < 20_000_000
     home = tmp_path / "home"
-    proc, seconds, peak = _submit_limited([str(bomb), "--max-bytes", "8000000"], _env(home))
+    proc, seconds, peak = _submit_limited([str(bomb), "--max-bytes", "2000000"], _env(home))
     assert proc.returncode == 2, proc.stderr
-    assert _errors(proc) == [f"error: {bomb}: over the limit of 8,000,000 bytes decompressed "
-                             "(STREAMLEARN_MAX_DATASET_BYTES, --max-bytes)"]
-    assert seconds < 30 and peak < PEAK_RSS_LIMIT_MB, (seconds, peak)
+    assert _errors(proc) == [(f"error: {bomb}: over the limit of 2,000,000 bytes decompressed "
+                              "(STREAMLEARN_MAX_DATASET_BYTES, --max-bytes)")]
+    assert seconds < SECONDS_LIMIT and peak < PEAK_RSS_LIMIT_MB, (seconds, peak)
     assert [p for p in (home / "artifacts").rglob("*") if p.is_file()] == []
 
 
@@ -87,7 +89,7 @@ def test_gzip_bomb_of_one_huge_line_is_refused_at_the_line_limit_while_reading(t
     proc, seconds, peak = _submit_limited([str(bomb)], _env(tmp_path / "home"))
     assert proc.returncode == 2, proc.stderr
     assert _errors(proc) == [f"error: {bomb}:2: line is longer than the limit of 1,000,000 bytes (--max-line-bytes)"]
-    assert seconds < 30 and peak < PEAK_RSS_LIMIT_MB, (seconds, peak)
+    assert seconds < SECONDS_LIMIT and peak < PEAK_RSS_LIMIT_MB, (seconds, peak)
 
 
 def test_size_cap_setting_applies_to_plain_files_too(tmp_path, isolated_home, monkeypatch):
