@@ -1,9 +1,9 @@
 """Reading and validating task datasets (JSONL), label maps and the carved validation split.
 
 Every check runs before anything is stored, and every failure names the file, the line and the
-field, so a user can fix the file without reading code. Text policy: C0 control characters other
-than tab, newline and carriage return (and DEL) are stripped from texts, because tokenizers drop
-or mangle them anyway; a text that is empty after stripping is rejected as empty.
+field, so a user can fix the file without reading code. Each file is read once (`datafile`): the
+pass that validates its lines also hashes its bytes and, at submission, writes the store's copy.
+The per-line policy (JSON checks, texts, labels) lives in `examples`.
 """
 
 from __future__ import annotations
@@ -11,30 +11,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import random
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from streamlearn.datafile import DEFAULT_MAX_BYTES, DatasetFile
-from streamlearn.errors import InvalidConfig, InvalidDataset
+from streamlearn.errors import InvalidDataset
+from streamlearn.examples import Example, check_inputs, decode_line, kind, label_key, read_label, read_text
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+__all__ = ["DataSpec", "Dataset", "Example", "check_inputs", "file_sha256", "load_dataset", "read_input", "read_jsonl"]
 
-
-@dataclass(frozen=True)
-class Example:
-    """One labelled (or, for prediction input, unlabelled) text."""
-
-    text: str
-    """The text to classify (control characters already stripped)."""
-    label: str | int | None
-    """The label as written in the file (string or integer); None only in prediction input."""
-    text_pair: str | None = None
-    """Second text of a sentence-pair task, or None."""
 
 
 @dataclass(frozen=True)
@@ -119,99 +107,6 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _decode(path: Path, lineno: int, line: bytes, last: bool, first: bool, spec: DataSpec) -> dict:
-    where = f"{path}:{lineno}"
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidDataset(f"{where}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})") from None
-    try:
-        obj = json.loads(text, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as dup:
-        raise InvalidDataset(f"{where}: field {dup.args[0]!r}: appears twice on the line") from None
-    except RecursionError:
-        raise InvalidDataset(f"{where}: not a JSON object (nested too deeply)") from None
-    except json.JSONDecodeError as exc:
-        if first and text.lstrip().startswith("["):
-            raise InvalidDataset(f"{where}: {_ARRAY_HINT}") from None
-        if _TRAILING_COMMA.match(text, exc.pos - 1 if exc.pos else 0) or (
-            exc.msg == "Extra data" and text.rstrip().endswith(",")
-        ):
-            raise InvalidDataset(
-                f"{where}: not a JSON object (trailing comma at column {exc.colno}; JSON allows none, and "
-                "JSON Lines puts no commas between lines)"
-            ) from None
-        if text.lstrip().startswith("{") and (exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")):
-            hint = " (the file ends mid-line)" if last else ""
-            raise InvalidDataset(f"{where}: truncated line, the JSON object ends early{hint}") from None
-        raise InvalidDataset(f"{where}: not a JSON object ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        if first and isinstance(obj, list):
-            raise InvalidDataset(f"{where}: {_ARRAY_HINT}")
-        raise InvalidDataset(f"{where}: not a JSON object (got {_kind(obj)})")
-    return obj
-
-
-_ARRAY_HINT = "not a JSON object (got an array: the file looks like one JSON array; write JSON Lines, one object per line)"
-_TRAILING_COMMA = re.compile(r",\s*[}\]]")
-
-
-class _DuplicateKey(ValueError):
-    """A JSON object names one field twice (json.loads would silently keep the last)."""
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
-    return obj
-
-
-def _kind(value: object) -> str:
-    names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "object"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-def _text(where: str, obj: dict, name: str, flag: str) -> str:
-    if name not in obj:
-        fields = ", ".join(sorted(obj)) or "none"
-        raise InvalidDataset(f"{where}: field {name!r}: missing (the line has fields: {fields}; see {flag})")
-    value = obj[name]
-    if not isinstance(value, str):
-        raise InvalidDataset(f"{where}: field {name!r}: must be a string, got {_kind(value)}")
-    value = _CONTROL.sub("", value)
-    if not value.strip():
-        raise InvalidDataset(f"{where}: field {name!r}: empty text")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a JSON escape such as "\ud800" decodes to a lone surrogate
-        raise InvalidDataset(
-            f"{where}: field {name!r}: invalid Unicode (unpaired surrogate \\u{ord(value[exc.start]):04x} "
-            f"at character {exc.start + 1})"
-        ) from None
-    return value
-
-
-def _label(where: str, obj: dict, name: str) -> str | int:
-    if name not in obj or obj[name] is None:
-        fields = ", ".join(sorted(obj)) or "none"
-        raise InvalidDataset(f"{where}: field {name!r}: missing label (the line has fields: {fields}; see --label-field)")
-    value = obj[name]
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidDataset(f"{where}: field {name!r}: a label must be a string or an integer, got {_kind(value)}")
-    if isinstance(value, str):
-        value = _CONTROL.sub("", value)  # the text policy, applied to labels too
-        if not value.strip():
-            raise InvalidDataset(f"{where}: field {name!r}: empty label")
-    return value
-
-
-def _label_key(label: str | int) -> str | int:
-    """Labels with one key look alike to a reader ("pos", "Pos ", "POS"): a file may use only one of them."""
-    return label.strip().casefold() if isinstance(label, str) else label
-
-
 def read_jsonl(path: str | Path, spec: DataSpec = DataSpec(), require_label: bool = True) -> list[Example]:
     """Read and validate one JSONL (or .jsonl.gz) file of examples.
 
@@ -240,11 +135,11 @@ def _read_numbered(source: DatasetFile, spec: DataSpec, require_label: bool) -> 
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        obj = _decode(path, lineno, line, last, not examples, spec)
-        text = _text(where, obj, spec.text_field, "--text-field")
-        label = _label(where, obj, spec.label_field) if require_label or spec.label_field in obj else None
+        obj = decode_line(path, lineno, line, last, not examples)
+        text = read_text(where, obj, spec.text_field, "--text-field")
+        label = read_label(where, obj, spec.label_field) if require_label or spec.label_field in obj else None
         if label is not None:
-            seen = spellings.setdefault(_label_key(label), (label, lineno))
+            seen = spellings.setdefault(label_key(label), (label, lineno))
             if seen[0] != label:
                 raise InvalidDataset(
                     f"{where}: field {spec.label_field!r}: label {label!r} differs from label {seen[0]!r} of line "
@@ -255,7 +150,7 @@ def _read_numbered(source: DatasetFile, spec: DataSpec, require_label: bool) -> 
             elif type(label) is not label_type[0]:
                 first = "integer" if label_type[0] is int else "string"
                 raise InvalidDataset(
-                    f"{where}: field {spec.label_field!r}: {_kind(label)} label {label!r}, but line "
+                    f"{where}: field {spec.label_field!r}: {kind(label)} label {label!r}, but line "
                     f"{label_type[1]} has a {first} label; use one type for every label"
                 )
         has_pair = spec.pair_field in obj
@@ -267,7 +162,7 @@ def _read_numbered(source: DatasetFile, spec: DataSpec, require_label: bool) -> 
                 f"{where}: field {spec.pair_field!r}: {state} on line {pair_seen[1]} but not here; "
                 "a sentence-pair task needs it on every line"
             )
-        pair = _text(where, obj, spec.pair_field, "the pair field") if has_pair else None
+        pair = read_text(where, obj, spec.pair_field, "the pair field") if has_pair else None
         examples.append((lineno, Example(text, label, pair)))
     if not examples:
         raise InvalidDataset(f"{path}: file holds only whitespace, no examples")
@@ -430,39 +325,3 @@ def _load(sources: dict[str, DatasetFile], spec: DataSpec, seed: int, val_fracti
     digests = {split: source.sha256 for split, source in sources.items()}
     return Dataset(train_examples, val_examples, test_examples, labels, files, digests)
 
-
-def check_inputs(texts: Sequence[str], pairs: Sequence[str] | None, pair_task: bool) -> tuple[list[str], list[str] | None]:
-    """Check prediction inputs against the task and clean them by the training text policy.
-
-    A pair task needs a second text for every input, a single-text task takes none, and a text
-    that is empty once control characters are removed is refused, as training refuses it.
-
-    Args:
-        texts: The texts to classify.
-        pairs: The second texts, or None.
-        pair_task: Whether the task was trained on text pairs.
-
-    Returns:
-        (texts, pairs) with control characters removed.
-
-    Raises:
-        InvalidConfig: one line naming the first input that disagrees with the task.
-    """
-    if pair_task and pairs is None:
-        raise InvalidConfig("this is a sentence-pair task: every input needs a text_pair (JSONL input with \"text_pair\")")
-    if not pair_task and pairs is not None:
-        raise InvalidConfig("this task takes single texts, but the input has text_pair; drop the second texts")
-    if pairs is not None and len(pairs) != len(texts):
-        raise InvalidConfig(f"{len(texts)} texts but {len(pairs)} text pairs")
-    cleaned = []
-    for kind, values in (("text", texts), ("text_pair", pairs or ())):
-        out = []
-        for i, value in enumerate(values, 1):
-            if not isinstance(value, str):
-                raise InvalidConfig(f"input {i}: {kind} must be a string, got {_kind(value)}")
-            value = _CONTROL.sub("", value)
-            if not value.strip():
-                raise InvalidConfig(f"input {i}: empty {kind}")
-            out.append(value)
-        cleaned.append(out)
-    return cleaned[0], cleaned[1] if pairs is not None else None

@@ -1,8 +1,9 @@
 """A job's life in the catalogue: what a submission records, what a worker claims, how a job ends.
 
-`pipeline.submit_task` and `pipeline.run_task` are the recipes; these are their catalogue steps.
-`submit` is the whole submission recipe without torch (configurations travel as plain dicts), so
-`streamlearn submit-task` answers in well under a second and fails fast when the broker is down.
+`submission.submit` and `pipeline.run_task` are the recipes; these are their catalogue steps
+(`record_submission`, `enqueue_or_fail`, `claim`, `finalise`, `fail`, `cancel`). Nothing here
+imports torch, so `streamlearn submit-task` answers in well under a second and fails fast when
+the broker is down.
 Every status change goes through `catalogue.records` (one conditional UPDATE each), so two workers
 that receive the same job (late acknowledgement, a reconcile, a retry) never both run it.
 """

@@ -240,3 +240,38 @@ def test_control_characters_in_labels_are_removed_as_in_texts(tmp_path) -> None:
                     '{"text": "c", "label": "pos"}\n{"text": "d", "label": "neg"}\n')
     assert load_dataset(path, validation=path).labels == ("neg", "pos")
     assert JobStatus.CANCELLED in records.TRANSITIONS[JobStatus.RUNNING]
+
+
+def test_piped_tables_never_cut_long_values(isolated_home) -> None:
+    """Piped `jobs` and `tasks` print a 64-character task name whole, and `tasks` says `1 task`."""
+    name = "t" * 40 + "-long-name-that-is-64-characters-x"[: 64 - 40]
+    assert len(name) == 64
+    _job(name=name)
+    runner = CliRunner()
+    assert name in runner.invoke(main, ["jobs"]).stdout
+    tasks = runner.invoke(main, ["tasks"]).stdout
+    assert name in tasks and "1 task" in tasks and "1 tasks" not in tasks
+
+
+def test_no_worker_hint_goes_to_stderr_when_piped(isolated_home) -> None:
+    """A job queued for a minute with no worker: `status` and `jobs` print the hint on stderr, the table on stdout."""
+    job_id = _job()
+    with session_scope() as s:
+        s.get(Job, job_id).enqueued_at = utcnow() - timedelta(seconds=60)
+    for command in (["status", job_id], ["jobs"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 0, result.output
+        assert "is a worker running? Start one with `streamlearn worker`" in result.stderr
+        assert "is a worker running" not in result.stdout
+
+
+def test_submit_wait_timeout_stops_waiting_with_exit_3(isolated_home) -> None:
+    """`submit-task --wait --timeout 1` with no worker returns after about a second with exit 3; the job stays queued."""
+    start = time.monotonic()
+    result = CliRunner().invoke(main, ["submit-task", str(CORPUS / "good_train.jsonl"), "--wait", "--timeout", "1",
+                                       "--json"])
+    assert result.exit_code == 3, result.output
+    assert "still queued after 1 s; it keeps its place" in result.stderr
+    assert time.monotonic() - start < 60
+    with session_scope(readonly=True) as s:
+        assert [str(j.status) for j in s.query(Job)] == ["queued"]

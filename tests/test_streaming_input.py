@@ -26,6 +26,9 @@ MEMORY_LIMIT = 1 << 30
 """Address-space limit (1 GiB) of the CLI process that is handed a gzip bomb."""
 PEAK_RSS_LIMIT_MB = 250
 """Peak resident memory allowed for refusing a bomb (main took over 5 GB for the single-line one)."""
+CPU_SECONDS_LIMIT = 30
+"""CPU time (user + system, so machine load does not count) allowed for refusing a bomb: a bound, not a
+speed claim; main spent 4 minutes and then died, refusing takes about a second here."""
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -49,16 +52,17 @@ def _limited() -> None:
 
 
 def _submit_limited(args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run `streamlearn submit-task ARGS` under the memory limit; return (process, seconds, peak RSS in MB)."""
+    """Run `streamlearn submit-task ARGS` under the memory limit; return (process, CPU seconds, peak RSS in MB)."""
     code = ("import resource, runpy, sys; sys.argv = ['streamlearn', *sys.argv[1:]]\n"
             "try:\n    runpy.run_module('streamlearn', run_name='__main__')\n"
-            "finally:\n    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
-    start = time.monotonic()
+            "finally:\n    u = resource.getrusage(resource.RUSAGE_SELF)\n"
+            "    print('PEAK_RSS_KB', u.ru_maxrss, u.ru_utime + u.ru_stime, file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code, "submit-task", *args], env=env, capture_output=True, text=True,
-                          timeout=120, preexec_fn=_limited)
-    seconds = time.monotonic() - start
-    peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]
-    return proc, seconds, int(peak[0].split()[1]) / 1024 if peak else float("nan")
+                          timeout=300, preexec_fn=_limited)
+    usage = [line.split() for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]
+    if not usage:
+        return proc, float("nan"), float("nan")
+    return proc, float(usage[0][2]), int(usage[0][1]) / 1024
 
 
 def _errors(proc: subprocess.CompletedProcess) -> list[str]:
@@ -66,17 +70,17 @@ def _errors(proc: subprocess.CompletedProcess) -> list[str]:
 
 
 def test_gzip_bomb_of_valid_lines_is_refused_at_the_size_cap_within_seconds(tmp_path):
-    """A 3.2 GB-expanding .jsonl.gz of valid lines is refused with one line once the cap is passed, under a 1 GiB address limit."""
+    """A 3.2 GB-expanding .jsonl.gz of valid lines is refused with one line once the cap is passed, in seconds of CPU under a 1 GiB address limit."""
     line = b'{"text": "a fine film and a good plot", "label": "pos"}\n{"text": "a bad film", "label": "neg"}\n'
     member = line * (64 * 1024 * 1024 // len(line))  # 64 MiB per member, 50 members: 3.2 GB
     bomb = _bomb(tmp_path / "bomb.jsonl.gz", member, 50)
     assert bomb.stat().st_size < 20_000_000
     home = tmp_path / "home"
-    proc, seconds, peak = _submit_limited([str(bomb), "--max-bytes", "8000000"], _env(home))
+    proc, cpu, peak = _submit_limited([str(bomb), "--max-bytes", "2000000"], _env(home))
     assert proc.returncode == 2, proc.stderr
-    assert _errors(proc) == [f"error: {bomb}: over the limit of 8,000,000 bytes decompressed "
-                             "(STREAMLEARN_MAX_DATASET_BYTES, --max-bytes)"]
-    assert seconds < 30 and peak < PEAK_RSS_LIMIT_MB, (seconds, peak)
+    assert _errors(proc) == [(f"error: {bomb}: over the limit of 2,000,000 bytes decompressed "
+                              "(STREAMLEARN_MAX_DATASET_BYTES, --max-bytes)")]
+    assert cpu < CPU_SECONDS_LIMIT and peak < PEAK_RSS_LIMIT_MB, (cpu, peak)
     assert [p for p in (home / "artifacts").rglob("*") if p.is_file()] == []
 
 
@@ -84,10 +88,10 @@ def test_gzip_bomb_of_one_huge_line_is_refused_at_the_line_limit_while_reading(t
     """A 2.5 GB single line inside gzip is refused at the 1 MB line limit, reading about 1 MB, not 2.5 GB."""
     member = b"a" * (64 * 1024 * 1024)
     bomb = _bomb(tmp_path / "line.jsonl.gz", member, 40, head=b'{"text": "ok", "label": "pos"}\n{"text": "')
-    proc, seconds, peak = _submit_limited([str(bomb)], _env(tmp_path / "home"))
+    proc, cpu, peak = _submit_limited([str(bomb)], _env(tmp_path / "home"))
     assert proc.returncode == 2, proc.stderr
     assert _errors(proc) == [f"error: {bomb}:2: line is longer than the limit of 1,000,000 bytes (--max-line-bytes)"]
-    assert seconds < 30 and peak < PEAK_RSS_LIMIT_MB, (seconds, peak)
+    assert cpu < CPU_SECONDS_LIMIT and peak < PEAK_RSS_LIMIT_MB, (cpu, peak)
 
 
 def test_size_cap_setting_applies_to_plain_files_too(tmp_path, isolated_home, monkeypatch):

@@ -9,7 +9,8 @@ Error policy:
 - `BackboneChanged` (the resident backbone no longer matches its fingerprint) fails the job and
   stops the worker, which refuses every later job (see `stop_worker`);
 - `UnknownJob` (the message names a job this worker's catalogue does not hold: the catalogue was
-  replaced, or this worker points at another one) never drops the message: it is retried like a
+  replaced, or this worker points at another one) and `CatalogueUnusable` (the catalogue file is
+  damaged or not a database) never drop the message: it is retried like a
   transient error (each try reopens a replaced SQLite file), and after the last try the message
   goes back to the queue and the worker stops, loudly, with exit code EX_CONFIG.
 """
@@ -22,7 +23,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from streamlearn.dispatch import TRAIN_TASK
-from streamlearn.errors import BackboneChanged, StreamlearnError, TransientError, UnknownJob
+from streamlearn.errors import BackboneChanged, CatalogueUnusable, StreamlearnError, TransientError, UnknownJob
 from workers.app import app
 
 log = logging.getLogger("streamlearn.worker")
@@ -70,15 +71,15 @@ def train(self, job_id: str) -> None:
         log.info("job %s: %s", job_id, status)
     except SoftTimeLimitExceeded:
         pipeline.fail_task(job_id, "the job ran past STREAMLEARN_TASK_TIME_LIMIT and was stopped")
-    except UnknownJob as exc:
+    except (UnknownJob, CatalogueUnusable) as exc:
         if self.request.retries >= self.max_retries:
-            log.critical("job %s: not in this worker's catalogue after %d tries (%s); the message goes back to the "
-                         "queue and this worker stops (exit code %d): check STREAMLEARN_DATABASE_URL / "
+            log.critical("job %s: not readable in this worker's catalogue after %d tries (%s); the message goes "
+                         "back to the queue and this worker stops (exit code %d): check STREAMLEARN_DATABASE_URL / "
                          "STREAMLEARN_HOME", job_id, self.request.retries, exc, EX_CONFIG)
             state.should_stop = EX_CONFIG
             raise Reject(str(exc), requeue=True) from exc
         delay = backoff(self.request.retries)
-        log.error("job %s: not in this worker's catalogue (%s); retry in %.0f s", job_id, exc, delay)
+        log.error("job %s: not readable in this worker's catalogue (%s); retry in %.0f s", job_id, exc, delay)
         raise self.retry(exc=exc, countdown=delay) from exc
     except Exception as exc:
         if _transient(exc):
