@@ -5,22 +5,27 @@ Layout under the store root:
     tasks/<task>/<job_id>.safetensors      a task's stored tensors (safetensors, never pickle)
     tasks/<task>/<job_id>.json             its sidecar: method, labels, backbone, sha256, ...
 
-Every file is written to a temporary name in the same folder and then renamed, so a reader (or a
-job that runs twice under late acknowledgement) never sees half a file. The safetensors header
-records a digest of the sidecar's content, so editing the sidecar is detected like editing the file.
+The store is a folder (embedded mode, or a mount every machine shares) or an S3-compatible bucket
+(`STREAMLEARN_ARTIFACTS=s3://bucket/prefix`); `objectstore` moves the bytes, this module decides
+the keys. Every object is written whole or not at all (a folder: temporary name then rename; S3:
+one PUT), so a reader (or a job that runs twice under late acknowledgement) never sees half a
+file. The safetensors header records a digest of the sidecar's content, so editing the sidecar is
+detected like editing the file. On S3, reads go through the local read-through cache (`cache`),
+verified by sha256: a dataset by its name, an artifact by its sidecar's digest.
+
+An artifact "path" below is a local `Path` on a folder store and an `s3://bucket/key` string on
+S3; every function here accepts either.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamlearn import objectstore
 from streamlearn.data import file_sha256
 from streamlearn.errors import ArtifactCorrupt, InvalidConfig
 
@@ -33,33 +38,35 @@ _INTEGRITY = ("sha256", "bytes", "file")
 class ArtifactInfo:
     """Where an artifact was written and what it holds."""
 
-    path: Path
-    """The safetensors file."""
+    path: Path | str
+    """The safetensors file (an `s3://` address on S3)."""
     sha256: str
     """Hex sha256 of the safetensors file."""
     bytes: int
     """Size of the safetensors file."""
-    sidecar: Path
+    sidecar: Path | str
     """The JSON sidecar (same stem, `.json`)."""
 
 
-def sidecar_path(path: str | Path) -> Path:
-    """Return the sidecar of a safetensors artifact path."""
+def sidecar_path(path: str | Path) -> Path | str:
+    """Return the sidecar of a safetensors artifact path (or `s3://` address)."""
+    if objectstore.is_uri(path):
+        return str(path).removesuffix(".safetensors") + ".json"
     return Path(path).with_suffix(".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _atomic_write(path: Path | str, data: bytes) -> None:
+    store, key = objectstore.locate(path)
+    store.put_bytes(key, data)
+
+
+def _name(path: Path | str) -> str:
+    return str(path).rsplit("/", 1)[-1]
+
+
+def _suffix(path: Path | str) -> str:
+    name = _name(path)
+    return ".safetensors" if name.endswith(".safetensors") else ""
 
 
 def _sidecar_digest(metadata: dict) -> str:
@@ -80,15 +87,16 @@ def write_artifact(path: str | Path, tensors: dict, metadata: dict) -> ArtifactI
     """
     from safetensors.torch import save
 
-    path = Path(path)
-    if path.suffix != ".safetensors":
+    if not objectstore.is_uri(path):
+        path = Path(path)
+    if not str(path).endswith(".safetensors"):
         raise InvalidConfig(f"artifact path {path} must end in .safetensors")
     metadata = json.loads(json.dumps(metadata))
     header = {"format": "streamlearn", "sidecar_sha256": _sidecar_digest(metadata)}
     blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata=header)
     sha = hashlib.sha256(blob).hexdigest()
     sidecar = sidecar_path(path)
-    full = {**metadata, "file": path.name, "bytes": len(blob), "sha256": sha}
+    full = {**metadata, "file": _name(path), "bytes": len(blob), "sha256": sha}
     # the tensors first: a sidecar only ever describes a complete file
     _atomic_write(path, blob)
     _atomic_write(sidecar, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
@@ -98,9 +106,10 @@ def write_artifact(path: str | Path, tensors: dict, metadata: dict) -> ArtifactI
 def read_metadata(path: str | Path) -> dict:
     """Return an artifact's sidecar (unverified; `read_artifact` verifies)."""
     sidecar = sidecar_path(path)
+    store, key = objectstore.locate(sidecar)
     try:
-        return json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        return json.loads(store.get_bytes(key).decode("utf-8"))
+    except objectstore.ObjectMissing:
         raise ArtifactCorrupt(f"{sidecar}: sidecar missing") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactCorrupt(f"{sidecar}: sidecar is not valid JSON ({exc})") from None
@@ -122,11 +131,12 @@ def read_artifact(path: str | Path, expected_sha256: str | None = None) -> tuple
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    path = Path(path)
+    if not objectstore.is_uri(path):
+        path = Path(path)
     metadata = read_metadata(path)
     try:
-        blob = path.read_bytes()
-    except FileNotFoundError:
+        blob = _artifact_bytes(path, metadata.get("sha256"))
+    except objectstore.ObjectMissing:
         raise ArtifactCorrupt(f"{path}: artifact file missing") from None
     sha = hashlib.sha256(blob).hexdigest()
     for source, want in (("sidecar", metadata.get("sha256")), ("catalogue", expected_sha256)):
@@ -144,62 +154,136 @@ def read_artifact(path: str | Path, expected_sha256: str | None = None) -> tuple
     return tensors, metadata
 
 
+def _artifact_bytes(path: Path | str, sha256: str | None) -> bytes:
+    store, key = objectstore.locate(path)
+    if isinstance(store, objectstore.LocalStore):
+        return store.get_bytes(key)
+    from streamlearn.cache import read_cache
+
+    if sha256 is None:  # nothing to verify a cached copy by; read_artifact refuses it after
+        return store.get_bytes(key)
+    try:
+        return read_cache().fetch(store, key, str(sha256), _suffix(path)).read_bytes()
+    except ArtifactCorrupt:
+        # A stored object that does not match its sidecar: read it whole so the caller's check
+        # reports the mismatch with both digests, as for a local file.
+        return store.get_bytes(key)
+
+
+def local_artifact(path: Path | str, sha256: str) -> Path:
+    """A local file of an artifact: itself on a folder store, the verified cached copy on S3."""
+    if not objectstore.is_uri(path):
+        return Path(path)
+    from streamlearn.cache import read_cache
+
+    store, key = objectstore.locate(path)
+    return read_cache().fetch(store, key, sha256, _suffix(path))
+
+
 def _header(blob: bytes) -> dict:
     size = int.from_bytes(blob[:8], "little")
     return json.loads(blob[8 : 8 + size]).get("__metadata__", {})
 
 
 class ArtifactStore:
-    """Paths and copies under one store root (embedded: `$STREAMLEARN_HOME/artifacts`).
+    """Keys and copies in one store (embedded: `$STREAMLEARN_HOME/artifacts`; at scale a shared
+    folder or `s3://bucket/prefix`).
 
     Args:
-        root: The store's root folder (created on first write).
+        root: The store's root folder (created on first write), or an `s3://bucket/prefix` URL.
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser()
+        self.objects = objectstore.open_store(root)
+        self.remote = isinstance(self.objects, objectstore.S3Store)
+        self.root = self.objects.root if isinstance(self.objects, objectstore.LocalStore) else self.objects.url
 
-    def dataset_path(self, sha256: str, gz: bool = False) -> Path:
-        """Return where the dataset with this digest is (or would be) stored."""
+    @staticmethod
+    def dataset_key(sha256: str, gz: bool = False) -> str:
+        """The key of the dataset with this digest (`datasets/<sha256>.jsonl[.gz]`)."""
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise InvalidConfig(f"{sha256!r} is not a sha256 hex digest")
-        plain = self.root / "datasets" / f"{sha256}.jsonl"
-        gzipped = plain.with_suffix(".jsonl.gz")
-        if gz or (not plain.exists() and gzipped.exists()):
-            return gzipped
-        return plain
+        return f"datasets/{sha256}.jsonl" + (".gz" if gz else "")
 
-    def put_dataset(self, path: str | Path) -> tuple[str, Path]:
-        """Copy a dataset file into the store under its sha256 (no-op when present).
+    def dataset_path(self, sha256: str, gz: bool = False) -> Path:
+        """Return a local file of the dataset with this digest.
+
+        On a folder store it is where the dataset is (or would be) stored. On S3 it is the
+        verified copy in the read-through cache, downloaded on first use; a dataset the store
+        does not hold gives a path that does not exist.
+        """
+        plain, gzipped = self.dataset_key(sha256), self.dataset_key(sha256, gz=True)
+        if not self.remote:
+            plain_path, gz_path = self.objects.path(plain), self.objects.path(gzipped)
+            if gz or (not plain_path.exists() and gz_path.exists()):
+                return gz_path
+            return plain_path
+        from streamlearn.cache import read_cache
+
+        cache = read_cache()
+        for key, suffix in ((gzipped, ".jsonl.gz"),) if gz else ((plain, ".jsonl"), (gzipped, ".jsonl.gz")):
+            hit = cache.cached(sha256, suffix)
+            if hit is not None:
+                return hit
+        for key, suffix in ((gzipped, ".jsonl.gz"),) if gz else ((plain, ".jsonl"), (gzipped, ".jsonl.gz")):
+            try:
+                return cache.fetch(self.objects, key, sha256, suffix)
+            except objectstore.ObjectMissing:
+                continue
+        return cache.entry(sha256, ".jsonl.gz" if gz else ".jsonl")
+
+    def put_dataset(self, path: str | Path) -> tuple[str, Path | str]:
+        """Copy a dataset file into the store under its sha256 (no-op when present, except that its
+        modification time is refreshed, so `gc` sees the new reference as recent).
 
         Returns:
-            (sha256, stored path).
+            (sha256, stored path or `s3://` address).
         """
         path = Path(path)
         sha = file_sha256(path)
-        target = self.dataset_path(sha, gz=path.suffix == ".gz")
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                shutil.copyfile(path, tmp)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        return sha, target
+        key = self.dataset_key(sha, gz=path.suffix == ".gz")
+        if self.objects.exists(key):
+            self.objects.touch(key)
+        else:
+            self.objects.put_file(path, key)
+        return sha, self.objects.uri(key) if self.remote else self.objects.path(key)
 
-    def task_artifact_path(self, task: str, job_id: str | int) -> Path:
-        """Return the `.safetensors` path of a task's artifact from one job (the sidecar: `.json`)."""
+    def task_artifact_path(self, task: str, job_id: str | int) -> Path | str:
+        """Return the `.safetensors` path (S3: `s3://` address) of a task's artifact from one job (the sidecar: `.json`)."""
+        key = self.task_artifact_key(task, job_id)
+        return self.objects.uri(key) if self.remote else self.objects.path(key)
+
+    @staticmethod
+    def task_artifact_key(task: str, job_id: str | int) -> str:
+        """The key of a task's artifact from one job (`tasks/<task>/<job_id>.safetensors`), also the catalogue's URI."""
         for kind, value in (("task name", task), ("job id", str(job_id))):
             if not _NAME.fullmatch(value) or value in (".", ".."):
                 raise InvalidConfig(
                     f"{kind} {value!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
                 )
-        return self.root / "tasks" / task / f"{job_id}.safetensors"
+        return f"tasks/{task}/{job_id}.safetensors"
+
+    def location(self, key: str) -> Path | str:
+        """The path (S3: `s3://` address) of a key of this store."""
+        return self.objects.uri(key) if self.remote else self.objects.path(key)
+
+    def key_of(self, path: Path | str) -> str:
+        """The key of a path or address inside this store (the catalogue keeps keys, so the store may move)."""
+        if self.remote:
+            prefix = self.objects.uri("")
+            if not str(path).startswith(prefix):
+                raise InvalidConfig(f"{path} is not in the artifact store {self.objects.url}")
+            return str(path)[len(prefix):]
+        path = Path(path)
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+
+    def exists(self, path: Path | str) -> bool:
+        """True when the artifact (tensors file) at this path or address is stored."""
+        store, key = objectstore.locate(path)
+        return store.exists(key)
 
     def delete_task_artifact(self, path: str | Path) -> None:
         """Remove an artifact and its sidecar (missing files are fine)."""
-        Path(path).unlink(missing_ok=True)
-        sidecar_path(path).unlink(missing_ok=True)
+        for item in (path, sidecar_path(path)):
+            store, key = objectstore.locate(item)
+            store.delete(key)

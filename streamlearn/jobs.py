@@ -131,8 +131,14 @@ def submit(
 
 
 def store_dataset(dataset: Dataset) -> dict[str, str]:
-    """Copy each given file into the store under its sha256; return split -> sha256."""
+    """Copy each given file into the store under its sha256; return split -> sha256.
+
+    Raises:
+        StoreRefused: the object store refuses (missing bucket, wrong credentials): nothing is stored.
+        StoreUnavailable: the object store does not answer.
+    """
     store = ArtifactStore(get_settings().artifacts)
+    store.objects.check()  # a missing bucket or bad credentials: one line, before anything is stored
     return {split: store.put_dataset(path)[0] for split, path in dataset.files.items()}
 
 
@@ -153,8 +159,13 @@ def enqueue_or_fail(job_id: str) -> None:
 
 def record_submission(name: str, dataset: Dataset, files: dict[str, str], params: dict, spec: DataSpec,
                        force: bool) -> Submission:
+    from streamlearn import retention
+
     rows = {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)}
     with session_scope() as s:
+        # Under gc's lock: a dataset gc removed since `store_dataset` is put back before the rows
+        # that reference it commit, so a submission racing a gc never loses its files.
+        retention.hold(s, {split: (sha, dataset.files[split]) for split, sha in files.items()})
         task, job, created = records.create_task_and_job(
             s, name=name, dataset_sha256=files["train"], method=params["method"]["method"], hyperparameters=params,
             files=files, rows=rows, labels=list(dataset.labels), text_field=spec.text_field,
@@ -223,12 +234,14 @@ def stored_dataset(plan: JobPlan) -> Dataset:
     return load_dataset(paths["train"], paths.get("validation"), paths.get("test"), spec=plan.spec, seed=seed)
 
 
-def finalise(job_id: str, path: Path, metadata: dict, backbone: BackboneInfo) -> None:
+def finalise(job_id: str, path: Path | str, metadata: dict, backbone: BackboneInfo) -> None:
     """Record the artifact (from its verified sidecar), its metrics, and succeeded, in one transaction."""
-    root = get_settings().artifacts
-    uri = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    from streamlearn import retention
+
+    uri = ArtifactStore(get_settings().artifacts).key_of(path)
     metrics = metadata["metrics"]
     with session_scope() as s:
+        retention.hold_artifact(s, path)
         records.ensure_backbone(s, dataclasses.asdict(backbone))
         records.mark_succeeded(s, job_id, artifact={
             "uri": uri, "sha256": metadata["sha256"], "bytes": metadata["bytes"],
@@ -265,10 +278,11 @@ def describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, StreamlearnError) else f"{type(exc).__name__}: {exc}"
 
 
-def artifact_path(uri: str) -> Path:
-    """The file of a catalogue artifact URI (stored relative to the store root, so the store may move)."""
-    path = Path(uri)
-    return path if path.is_absolute() else get_settings().artifacts / path
+def artifact_path(uri: str) -> Path | str:
+    """The file (S3: `s3://` address) of a catalogue artifact URI (a key of the store, so the store may move)."""
+    if Path(uri).is_absolute():
+        return Path(uri)
+    return ArtifactStore(get_settings().artifacts).location(uri)
 
 
 def artifact_plans(task: str | None) -> list[tuple[JobPlan, str, str, dict]]:

@@ -285,7 +285,7 @@ def refusal() -> str | None:
     return _refusal
 
 
-def _write(result: FitResult, path: Path) -> ArtifactInfo:
+def _write(result: FitResult, path: Path | str) -> ArtifactInfo:
     """Save a job's artifact, turning a store that cannot be written into a clear, final error."""
     try:
         return save(result, path)
@@ -297,14 +297,14 @@ def _write(result: FitResult, path: Path) -> ArtifactInfo:
         except OSError:
             pass
         raise ArtifactWriteFailed(
-            f"could not write the artifact to {path.parent}: {exc.strerror or exc} "
+            f"could not write the artifact to {str(path).rsplit('/', 1)[0]}: {exc.strerror or exc} "
             "(is the artifact store full, read-only or not mounted?); nothing was kept, submit again once it is fixed"
         ) from exc
 
 
-def _finished_artifact(path: Path, backbone: Backbone) -> dict | None:
+def _finished_artifact(path: Path | str, backbone: Backbone) -> dict | None:
     """The sidecar of a complete, verified artifact from an earlier run of this job, else None."""
-    if not path.exists():
+    if not ArtifactStore(get_settings().artifacts).exists(path):
         return None
     try:
         _, metadata = read_artifact(path)
