@@ -307,7 +307,7 @@ def open_store(url: str | Path) -> LocalStore | S3Store:
     """The store at `url`: `s3://bucket/prefix` for S3, anything else a local folder."""
     text = str(url)
     if text.startswith(S3_SCHEME):
-        return S3Store(text)
+        return _s3_store(text)
     if "://" in text and not text.startswith("file://"):
         raise InvalidConfig(f"STREAMLEARN_ARTIFACTS={mask_url(text)!r}: only a folder, file:// or s3:// is supported")
     return LocalStore(text.removeprefix("file://"))
@@ -328,11 +328,18 @@ def locate(location: str | Path) -> tuple[LocalStore | S3Store, str]:
     return LocalStore(path.parent), path.name
 
 
-_s3_stores: dict[str, S3Store] = {}
+_s3_stores: dict[tuple, S3Store] = {}
+_AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_REGION",
+                 "AWS_DEFAULT_REGION")
+
+
+# A forked worker child must not share the parent's HTTP connections: it builds its own clients.
+os.register_at_fork(after_in_child=_s3_stores.clear)
 
 
 def _s3_store(url: str) -> S3Store:
-    # One client per bucket per process: a boto3 client costs ~50 ms to build.
-    if url not in _s3_stores:
-        _s3_stores[url] = S3Store(url)
-    return _s3_stores[url]
+    # One client per bucket and AWS settings per process: a boto3 client costs ~50 ms to build.
+    key = (url, *(os.environ.get(name) for name in _AWS_SETTINGS))
+    if key not in _s3_stores:
+        _s3_stores[key] = S3Store(url)
+    return _s3_stores[key]

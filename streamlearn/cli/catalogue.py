@@ -151,3 +151,52 @@ def db_upgrade_command() -> None:
     after = upgrade(url)
     state = "already at" if before == after else f"upgraded from {before or 'empty'} to"
     click.echo(f"catalogue {mask_url(url)}: {state} revision {after} (head)")
+
+
+@main.command("delete")
+@click.argument("task")
+@click.option("--json", "as_json", is_flag=True, help="Print {task, jobs, removed: [{key, bytes}], bytes_freed}.")
+def delete_command(task: str, as_json: bool) -> None:
+    """Delete TASK: its catalogue rows (task, jobs, artifacts, metrics) in one transaction, then its
+    stored files that no other task references.
+
+    A task with a queued or running job is refused (wait until it ends). An artifact or dataset
+    another task still uses stays. Files left by a crash between the two steps are removed by `gc`.
+    """
+    from streamlearn.retention import delete_task
+    from streamlearn.storage import human_bytes
+
+    report = delete_task(task)
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"deleted task {task} ({report['jobs']} job(s)); removed {len(report['removed'])} stored file(s), "
+               f"{human_bytes(report['bytes_freed'])} freed")
+
+
+@main.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Leave files written less than this many seconds ago alone (uploads in flight).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {dry_run, grace_seconds, store, scanned, kept, removed: [{key, bytes}], bytes_freed}.")
+def gc_command(dry_run: bool, grace: float, as_json: bool) -> None:
+    """Remove stored datasets and artifacts that no catalogue row references, and report the bytes freed.
+
+    Works on a folder store and on S3. The decision is re-checked against the catalogue under a
+    lock that submissions and finishing jobs also take, so nothing referenced is ever removed,
+    even by a gc racing a submission.
+    """
+    from streamlearn.retention import gc
+    from streamlearn.storage import human_bytes
+
+    report = gc(dry_run=dry_run, grace=grace)
+    if as_json:
+        echo_json(report)
+        return
+    verb = "would remove" if dry_run else "removed"
+    for item in report["removed"]:
+        click.echo(f"{verb} {item['key']} ({item['bytes']:,} bytes)")
+    click.echo(f"{report['store']}: {report['scanned']} file(s) older than {grace:g} s, {report['kept']} referenced; "
+               f"{verb} {len(report['removed'])}, {human_bytes(report['bytes_freed'])}"
+               + (" would be freed" if dry_run else " freed"))
