@@ -277,6 +277,22 @@ class ArtifactStore:
         path = Path(path)
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
+    def staging_path(self, path: Path | str) -> Path:
+        """Where a worker keeps a finished artifact for a remote store until its upload succeeds,
+        so a store outage costs an upload retry, not a retraining (`$STREAMLEARN_CACHE_DIR/staging/<key>`)."""
+        from streamlearn.settings import get_settings
+
+        return Path(get_settings().cache_dir) / "staging" / self.key_of(path)
+
+    def publish(self, staged: Path, path: Path | str) -> None:
+        """Upload a staged artifact to its place in the store: the tensors first, then the sidecar
+        (a sidecar only ever describes complete tensors), each one whole PUT; then drop the staging copy."""
+        for local, target in ((staged, path), (sidecar_path(staged), sidecar_path(path))):
+            store, key = objectstore.locate(target)
+            store.put_file(local, key)
+        Path(staged).unlink(missing_ok=True)
+        Path(sidecar_path(staged)).unlink(missing_ok=True)
+
     def exists(self, path: Path | str) -> bool:
         """True when the artifact (tensors file) at this path or address is stored."""
         store, key = objectstore.locate(path)
