@@ -287,7 +287,7 @@ def artifact_path(uri: str) -> Path | str:
 
 def artifact_plans(task: str | None) -> list[tuple[JobPlan, str, str, dict]]:
     with session_scope(readonly=True) as s:
-        rows = [r for r in queries.task_table(s) if task is None or r["task"] == task]
+        rows = queries.task_table(s, name=task)
         if task is not None and not rows:
             records.find_task(s, task)  # raises UnknownTask
         with_artifact = [r for r in rows if r["artifact_job_id"] is not None]

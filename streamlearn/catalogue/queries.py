@@ -1,8 +1,9 @@
 """What the CLI and the workers read from the catalogue, as JSON-able dicts.
 
-Each query is a constant number of SQL statements whatever the number of tasks: the task table and
-the storage report pick each task's current artifact with one window function, so a 10,000-task
-catalogue answers in one round trip instead of 10,000.
+Each query is a constant number of SQL statements whatever the number of tasks (a test counts them
+at two catalogue sizes): the task table pages by keyset (`after` the last task seen) and ranks only
+the page's artifacts with one window function, and the storage report's totals are SQL sums, so a
+100,000-task catalogue answers a page in a few round trips instead of loading every row.
 
 A task's current artifact is its newest artifact of a `train` job or of a sweep's chosen trial.
 Trial artifacts waiting for their sweep's selection are not shown in the task table, but they
@@ -19,48 +20,109 @@ from sqlalchemy.orm import Session, aliased
 
 from streamlearn.catalogue.models import Artifact, Backbone, Job, JobKind, JobStatus, Metric, Task
 from streamlearn.catalogue.records import find_job
-from streamlearn.storage import StoredTask, build_report
+from streamlearn.errors import UnknownTask
+from streamlearn.storage import BYTES_PER_PARAM, StoredTask, build_report, task_params
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _ranked_artifacts():
+def _ranked_artifacts(task_ids=None):
     """Each artifact with its task, its rank within the task (1 = the task's current one), and the
-    task's artifact count and bytes (window aggregates: no second subquery to join)."""
+    task's artifact count and bytes (window aggregates: no second subquery to join).
+
+    Args:
+        task_ids: A subquery of task ids to restrict the ranking to (a page), or None for all.
+    """
     visible = case((or_(Job.kind == JobKind.TRAIN, Job.chosen.is_(True)), 1), else_=0)
     per_task = {"partition_by": Job.task_id}
     rank = func.row_number().over(**per_task, order_by=(visible.desc(), Job.finished_at.desc(), Artifact.id.desc()))
-    return (
+    stmt = (
         select(Artifact.id.label("artifact_id"), Job.task_id.label("task_id"), visible.label("visible"),
                rank.label("rn"), func.sum(Artifact.bytes).over(**per_task).label("task_bytes"),
                func.count(Artifact.id).over(**per_task).label("task_artifacts"))
         .join(Job, Job.id == Artifact.job_id)
-        .subquery("ranked")
     )
+    if task_ids is not None:
+        stmt = stmt.where(Job.task_id.in_(task_ids))
+    return stmt.subquery("ranked")
 
 
-def _latest_jobs():
+def _latest_jobs(task_ids=None):
     """Each task's jobs ranked newest first (trials excluded: their sweep stands for them)."""
     rank = func.row_number().over(partition_by=Job.task_id, order_by=(Job.created_at.desc(), Job.id.desc()))
-    return (
+    stmt = (
         select(Job.id.label("job_id"), Job.task_id.label("task_id"), Job.status.label("status"), rank.label("rn"))
         .where(Job.kind != JobKind.TRIAL)
-        .subquery("latest")
+    )
+    if task_ids is not None:
+        stmt = stmt.where(Job.task_id.in_(task_ids))
+    return stmt.subquery("latest")
+
+
+def _latest_status():
+    """The status of a task's newest non-trial job, as a correlated subquery (index jobs(task_id, created_at))."""
+    latest = aliased(Job)
+    return (
+        select(latest.status).where(latest.task_id == Task.id, latest.kind != JobKind.TRIAL)
+        .order_by(latest.created_at.desc(), latest.id.desc()).limit(1).scalar_subquery()
     )
 
 
-def task_table(s: Session) -> list[dict[str, Any]]:
+def task_page(s: Session, *, limit: int | None = None, after: str | None = None, status: JobStatus | str | None = None,
+              name_like: str | None = None, name: str | None = None):
+    """A subquery of the ids of one page of tasks in arrival order (keyset paging: `after` a task name).
+
+    Raises:
+        UnknownTask: `after` names no task.
+    """
+    stmt = select(Task.id).order_by(Task.id)
+    if after is not None:
+        after_id = s.scalar(select(Task.id).where(Task.name == after))
+        if after_id is None:
+            raise UnknownTask(f"no task {after!r} to page after (see `streamlearn tasks`)")
+        stmt = stmt.where(Task.id > after_id)
+    if name is not None:
+        stmt = stmt.where(Task.name == name)
+    if name_like is not None:
+        stmt = stmt.where(Task.name.like(name_like))
+    if status is not None:
+        stmt = stmt.where(_latest_status() == JobStatus(status))
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return stmt.subquery("page")
+
+
+def task_table(s: Session, *, limit: int | None = None, after: str | None = None,
+               status: JobStatus | str | None = None, name_like: str | None = None,
+               name: str | None = None) -> list[dict[str, Any]]:
     """One row per task in arrival order, with its latest job's status and its current artifact.
+
+    Two SQL statements whatever the number of tasks (one with `after`): the page of task ids is a
+    subquery, and the window functions that pick each task's artifact and latest job only rank
+    the page's rows.
+
+    Args:
+        s: Session.
+        limit: At most this many tasks.
+        after: Only tasks that arrived after this task (keyset paging: pass the last name seen).
+        status: Only tasks whose latest job has this status.
+        name_like: Only task names matching this SQL LIKE pattern (`%` any run, `_` one character).
+        name: Only the task with exactly this name.
 
     Returns:
         Dicts with `task, created_at, status, job_id` (the latest job) and, from the current
         artifact (None while the task has none): `artifact_job_id, method, adapter_size,
         hyperparameters, val_accuracy, test_accuracy, trainable_params, stored_params, bytes,
         sha256, uri, classes, backbone`.
+
+    Raises:
+        UnknownTask: `after` names no task.
     """
-    ranked, latest = _ranked_artifacts(), _latest_jobs()
+    page = task_page(s, limit=limit, after=after, status=status, name_like=name_like, name=name)
+    ids = select(page.c.id)
+    ranked, latest = _ranked_artifacts(ids), _latest_jobs(ids)
     val, test, owner = aliased(Metric), aliased(Metric), aliased(Job)
     stmt = (
         select(
@@ -69,6 +131,7 @@ def task_table(s: Session) -> list[dict[str, Any]]:
             Artifact.bytes, Artifact.sha256, Artifact.uri, Artifact.classes, Backbone.name,
             val.value, test.value,
         )
+        .join(page, page.c.id == Task.id)
         .outerjoin(ranked, and_(ranked.c.task_id == Task.id, ranked.c.rn == 1, ranked.c.visible == 1))
         .outerjoin(Artifact, Artifact.id == ranked.c.artifact_id)
         .outerjoin(owner, owner.id == Artifact.job_id)
@@ -148,18 +211,27 @@ def job_status(s: Session, job_id: str) -> dict[str, Any]:
 
 
 def list_jobs(s: Session, status: JobStatus | str | None = None, *, task: str | None = None,
-              limit: int | None = None) -> list[dict[str, Any]]:
-    """Jobs oldest first, optionally only one status or one task; each with its task name.
+              limit: int | None = None, after: str | None = None, name_like: str | None = None) -> list[dict[str, Any]]:
+    """Jobs oldest first, optionally only one status, one task or task names LIKE a pattern; each
+    with its task name. Keyset paging: `after` a job id, the next `limit` jobs.
 
     Returns:
         Dicts with `job_id, task, kind, parent_id, status, method, attempts, worker, progress,
         error, chosen` and the timestamps (`created_at`, ...).
+
+    Raises:
+        UnknownJob: `after` is no job's id (a unique prefix is enough).
     """
     stmt = select(Job, Task.name).join(Task, Task.id == Job.task_id).order_by(Job.created_at, Job.id)
     if status is not None:
         stmt = stmt.where(Job.status == JobStatus(status))
     if task is not None:
         stmt = stmt.where(Task.name == task)
+    if name_like is not None:
+        stmt = stmt.where(Task.name.like(name_like))
+    if after is not None:
+        last = find_job(s, after)
+        stmt = stmt.where(or_(Job.created_at > last.created_at, and_(Job.created_at == last.created_at, Job.id > last.id)))
     if limit is not None:
         stmt = stmt.limit(limit)
     return [_job_dict(job, name) for job, name in s.execute(stmt)]
@@ -221,13 +293,32 @@ def sweeps_ready(s: Session) -> list[str]:
     return list(s.scalars(stmt))
 
 
-def storage_report(s: Session) -> dict[str, Any]:
+def storage_report(s: Session, limit: int | None = None) -> dict[str, Any]:
     """Cumulative stored bytes per task in arrival order, against the 4Lmd law and K full copies.
 
-    Only tasks with at least one artifact count as learned. See `storage.build_report` for the
-    fields (`backbone_params, backbone_bytes, tasks, total_bytes, full_copy_total_bytes, ratio`, ...).
+    Only tasks with at least one artifact count as learned. The totals are SQL sums over every
+    task (one statement, no row per task leaves the database); `tasks` lists the first `limit`
+    learned tasks (all with None), each with its cumulative figures. See `storage.build_report`
+    for the fields (`backbone_params, backbone_bytes, tasks, total_bytes, full_copy_total_bytes,
+    ratio`, ...); `task_count` counts every learned task, `tasks_shown` those listed.
     """
-    ranked = _ranked_artifacts()
+    rows = _stored_tasks(s, limit)
+    report = build_report(rows)
+    totals = _storage_totals(s) if limit is not None else None
+    if totals is not None and totals["task_count"] > len(rows):
+        stored, full, theory = totals["total_bytes"], totals["full_copy_total_bytes"], totals["theoretical_total_bytes"]
+        report.update(totals, ratio=stored / full if full else None,
+                      measured_over_theoretical=stored / theory if theory else None)
+    report["tasks_shown"] = len(report["tasks"])
+    return report
+
+
+def _stored_tasks(s: Session, limit: int | None) -> list[StoredTask]:
+    page = select(Task.id).where(select(Job.id).where(Job.task_id == Task.id).join(Artifact).exists()).order_by(Task.id)
+    if limit is not None:
+        page = page.limit(limit)
+    page = page.subquery("page")
+    ranked = _ranked_artifacts(select(page.c.id) if limit is not None else None)
     stmt = (
         select(
             Task.name, Artifact.method, ranked.c.task_bytes, ranked.c.task_artifacts, Artifact.adapter_size,
@@ -240,7 +331,23 @@ def storage_report(s: Session) -> dict[str, Any]:
         .order_by(Task.id)
     )
     # PostgreSQL's SUM of a BIGINT is NUMERIC (a Decimal here): back to int.
-    return build_report(
-        StoredTask(task, method, int(total), int(n), m, classes, stored, bb, fp, layers, hidden, params, bb_bytes)
-        for task, method, total, n, m, classes, stored, bb, fp, layers, hidden, params, bb_bytes in s.execute(stmt)
+    return [StoredTask(task, method, int(total), int(n), m, classes, stored, bb, fp, layers, hidden, params, bb_bytes)
+            for task, method, total, n, m, classes, stored, bb, fp, layers, hidden, params, bb_bytes in s.execute(stmt)]
+
+
+def _storage_totals(s: Session) -> dict[str, int]:
+    """Every learned task's bytes, law bytes and full-copy bytes, summed in SQL (one statement)."""
+    ranked = _ranked_artifacts()
+    law = case((Artifact.adapter_size.is_(None), Artifact.stored_params),
+               else_=task_params(Backbone.layers, Backbone.hidden, Artifact.adapter_size, Artifact.classes))
+    stmt = (
+        select(func.count(), func.coalesce(func.sum(ranked.c.task_bytes), 0), func.coalesce(func.sum(law), 0),
+               func.coalesce(func.sum(Backbone.bytes), 0))
+        .select_from(ranked)
+        .join(Artifact, Artifact.id == ranked.c.artifact_id)
+        .join(Backbone, Backbone.id == Artifact.backbone_id)
+        .where(ranked.c.rn == 1)
     )
+    count, stored, law_params, full = s.execute(stmt).one()
+    return {"task_count": int(count), "total_bytes": int(stored), "theoretical_total_bytes": int(law_params) * BYTES_PER_PARAM,
+            "full_copy_total_bytes": int(full)}

@@ -11,6 +11,7 @@ import functools
 import click
 
 from streamlearn.cli import echo_json, main, make_console
+from streamlearn.cli.catalogue import STATUSES, page_hint, paging_options
 from streamlearn.cli.engine import training_options, with_data_limits
 from streamlearn.cli.sweep import TERMINAL, render_trials, sweep_options, wait_for_sweep
 
@@ -201,7 +202,7 @@ def _print_task_row(task: str) -> None:
     from streamlearn.catalogue.session import session_scope
 
     with session_scope(readonly=True) as s:
-        rows = [r for r in task_table(s) if r["task"] == task]
+        rows = task_table(s, name=task)
     if not rows:
         return
     r = rows[0]
@@ -264,17 +265,19 @@ def _render_status(info: dict) -> None:
 
 
 @main.command("jobs")
-@click.option("--status", "status", type=click.Choice(["queued", "running", "succeeded", "failed"]),
-              help="Only jobs with this status.")
+@click.option("--status", "status", type=click.Choice(STATUSES), help="Only jobs with this status.")
+@paging_options("job", "Only jobs created after this job (keyset paging: give the last job id shown).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per job.")
-def jobs_command(status: str | None, as_json: bool) -> None:
+def jobs_command(status: str | None, limit: int, all_rows: bool, after: str | None, name_like: str | None,
+                 as_json: bool) -> None:
     """List jobs, oldest first: id, task, status, attempts, progress, worker, created_at."""
     from streamlearn.catalogue.queries import list_jobs
     from streamlearn.catalogue.session import session_scope
     from streamlearn.recovery import idle_queue_warning
 
+    limit = None if all_rows else limit
     with session_scope(readonly=True) as s:
-        rows = list_jobs(s, status)
+        rows = list_jobs(s, status, limit=limit, after=after, name_like=name_like)
         warning = idle_queue_warning(s)
     if as_json:
         echo_json(rows)
@@ -293,6 +296,9 @@ def jobs_command(status: str | None, as_json: bool) -> None:
             table.add_row(r["job_id"][:8], r["task"], r["status"], str(r["attempts"]), progress, r["worker"] or "-",
                           r["created_at"][:19])
         console.print(table)
+        hint = page_hint(rows, limit, rows[-1]["job_id"], "job")
+        if hint:
+            console.print(hint)
     if warning:
         console.print(f"[yellow]{warning}[/yellow]")
 
@@ -345,7 +351,7 @@ def task_artifact(task: str) -> tuple[str, str]:
 
     with session_scope(readonly=True) as s:
         find_task(s, task)
-        row = next(r for r in task_table(s) if r["task"] == task)
+        [row] = task_table(s, name=task)
     if row["uri"] is None:
         raise UnknownTask(f"task {task!r} has no trained artifact yet (status: {row['status']})")
     return str(artifact_path(row["uri"])), row["sha256"]

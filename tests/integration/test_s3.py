@@ -85,7 +85,7 @@ def test_s3_store_killed_mid_job_and_restarted_job_finishes_once(service_env, mo
     env = {**service_env, **server.env(), "STREAMLEARN_CACHE_DIR": str(tmp_path / "cache")}
     workers.start(env)
     job = cli_json(env, "submit-task", *task_files(tmp_path / "data", "outage", seed=2, train_rows=128),
-                   "--epochs", "60", "--batch-size", "16")["job_id"]
+                   "--epochs", "30", "--batch-size", "16")["job_id"]
     wait_for(env, job, lambda s: s["status"] == "running" and (s["progress"]["step"] or 0) >= 1, 120, workers,
              "running")
     server.stop()
