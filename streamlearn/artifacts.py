@@ -195,7 +195,7 @@ class ArtifactStore:
 
     def __init__(self, root: str | Path) -> None:
         self.objects = objectstore.open_store(root)
-        self.remote = isinstance(self.objects, objectstore.S3Store)
+        self.remote = not isinstance(self.objects, objectstore.LocalStore)
         self.root = self.objects.root if isinstance(self.objects, objectstore.LocalStore) else self.objects.url
 
     @staticmethod

@@ -14,7 +14,8 @@ from s3_server import moto_server, s3_env  # noqa: F401  (fixtures)
 from streamlearn.artifacts import ArtifactStore, read_artifact, write_artifact
 from streamlearn.cache import ReadCache
 from streamlearn.errors import ArtifactCorrupt
-from streamlearn.objectstore import LocalStore, ObjectMissing, S3Store, StoreRefused, StoreUnavailable, open_store
+from streamlearn.objectstore import LocalStore, ObjectMissing, StoreRefused, StoreUnavailable, open_store
+from streamlearn.s3store import S3Store
 
 
 def _tensors() -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import BigInteger, and_, case, cast, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from streamlearn.catalogue.models import Artifact, Backbone, Job, JobKind, JobStatus, Metric, Task
@@ -61,13 +61,18 @@ def _latest_jobs(task_ids=None):
     return stmt.subquery("latest")
 
 
-def _latest_status():
-    """The status of a task's newest non-trial job, as a correlated subquery (index jobs(task_id, created_at))."""
-    latest = aliased(Job)
-    return (
-        select(latest.status).where(latest.task_id == Task.id, latest.kind != JobKind.TRIAL)
-        .order_by(latest.created_at.desc(), latest.id.desc()).limit(1).scalar_subquery()
+def _latest_with_status(status: JobStatus):
+    """Ids of tasks whose newest non-trial job has `status`, driven from the jobs with that status
+    (index jobs(status, ...)) and checked newest by an anti-join (index jobs(task_id, created_at)),
+    so a rare status (queued, running) reads only its few jobs, not every task."""
+    newer = aliased(Job)
+    is_newest = ~(
+        select(newer.id)
+        .where(newer.task_id == Job.task_id, newer.kind != JobKind.TRIAL,
+               or_(newer.created_at > Job.created_at, and_(newer.created_at == Job.created_at, newer.id > Job.id)))
+        .exists()
     )
+    return select(Job.task_id).where(Job.status == status, Job.kind != JobKind.TRIAL, is_newest)
 
 
 def task_page(s: Session, *, limit: int | None = None, after: str | None = None, status: JobStatus | str | None = None,
@@ -88,7 +93,7 @@ def task_page(s: Session, *, limit: int | None = None, after: str | None = None,
     if name_like is not None:
         stmt = stmt.where(Task.name.like(name_like))
     if status is not None:
-        stmt = stmt.where(_latest_status() == JobStatus(status))
+        stmt = stmt.where(Task.id.in_(_latest_with_status(JobStatus(status))))
     if limit is not None:
         stmt = stmt.limit(limit)
     return stmt.subquery("page")
@@ -335,18 +340,36 @@ def _stored_tasks(s: Session, limit: int | None) -> list[StoredTask]:
             for task, method, total, n, m, classes, stored, bb, fp, layers, hidden, params, bb_bytes in s.execute(stmt)]
 
 
+_VISIBLE = 1 << 48
+"""Added to a visible artifact's id so one MAX per task picks the current artifact (newest visible, else newest)."""
+
+
 def _storage_totals(s: Session) -> dict[str, int]:
-    """Every learned task's bytes, law bytes and full-copy bytes, summed in SQL (one statement)."""
-    ranked = _ranked_artifacts()
+    """Every learned task's bytes, law bytes and full-copy bytes, summed in SQL (one statement).
+
+    Each task's current artifact is found with one grouped MAX instead of the window ranking of
+    the task table (a sort of every artifact): artifact ids grow with their jobs' finish, so the
+    newest visible artifact has the largest id, and visible ones are lifted above the rest.
+    """
+    visible = or_(Job.kind == JobKind.TRAIN, Job.chosen.is_(True))
+    lift = literal(_VISIBLE, BigInteger)
+    current = (
+        select(func.max(case((visible, cast(Artifact.id, BigInteger) + lift), else_=cast(Artifact.id, BigInteger)))
+               .label("key"),
+               func.sum(Artifact.bytes).label("task_bytes"))
+        .join(Job, Job.id == Artifact.job_id)
+        .group_by(Job.task_id)
+        .subquery("current")
+    )
+    artifact_id = case((current.c.key >= lift, current.c.key - lift), else_=current.c.key)
     law = case((Artifact.adapter_size.is_(None), Artifact.stored_params),
                else_=task_params(Backbone.layers, Backbone.hidden, Artifact.adapter_size, Artifact.classes))
     stmt = (
-        select(func.count(), func.coalesce(func.sum(ranked.c.task_bytes), 0), func.coalesce(func.sum(law), 0),
+        select(func.count(), func.coalesce(func.sum(current.c.task_bytes), 0), func.coalesce(func.sum(law), 0),
                func.coalesce(func.sum(Backbone.bytes), 0))
-        .select_from(ranked)
-        .join(Artifact, Artifact.id == ranked.c.artifact_id)
+        .select_from(current)
+        .join(Artifact, Artifact.id == artifact_id)
         .join(Backbone, Backbone.id == Artifact.backbone_id)
-        .where(ranked.c.rn == 1)
     )
     count, stored, law_params, full = s.execute(stmt).one()
     return {"task_count": int(count), "total_bytes": int(stored), "theoretical_total_bytes": int(law_params) * BYTES_PER_PARAM,
