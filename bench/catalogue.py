@@ -236,6 +236,7 @@ def database():
 
 def run(sizes: list[int], repeats: int) -> dict:
     """Measure every size in its own database."""
+    tree = machine_info.provenance()  # before the run: the code that produced the numbers
     results = []
     for count in sizes:
         with database() as url:
@@ -254,7 +255,7 @@ def run(sizes: list[int], repeats: int) -> dict:
     engine.dispose()
     return {"sizes": results, "repeats": repeats, "postgresql": server, "goal_s": GOAL_SECONDS,
             "artifact_bytes": ARTIFACT_BYTES, "machine": {"cpu": machine_info.cpu_model(), "cores": os.cpu_count(),
-                                                          **machine_info.provenance()},
+                                                          **tree},
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
