@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,21 @@ def test_s3_store_down_is_transient(moto_server):  # noqa: F811
     with pytest.raises(StoreUnavailable, match=f"object store {server.endpoint} unavailable") as down:
         store.put_bytes("k", b"x")
     assert isinstance(down.value, TransientError)
+
+
+def test_settings_keep_an_s3_url_and_read_the_cache_bound(monkeypatch, tmp_path):
+    """`STREAMLEARN_ARTIFACTS=s3://...` stays a URL, a folder stays a Path, and a non-positive cache bound is refused."""
+    from streamlearn.errors import InvalidConfig
+    from streamlearn.settings import load_settings
+
+    monkeypatch.setenv("STREAMLEARN_HOME", str(tmp_path))
+    monkeypatch.setenv("STREAMLEARN_ARTIFACTS", "s3://bucket/prefix")
+    monkeypatch.setenv("STREAMLEARN_CACHE_BYTES", "12345")
+    settings = load_settings()
+    assert settings.artifacts == "s3://bucket/prefix" and settings.cache_bytes == 12345
+    assert settings.cache_dir == tmp_path / "cache"
+    monkeypatch.setenv("STREAMLEARN_ARTIFACTS", "file:///srv/store")
+    assert load_settings().artifacts == Path("/srv/store")
+    monkeypatch.setenv("STREAMLEARN_CACHE_BYTES", "0")
+    with pytest.raises(InvalidConfig, match="STREAMLEARN_CACHE_BYTES"):
+        load_settings()
