@@ -301,8 +301,8 @@ def _write(result: FitResult, path: Path | str) -> ArtifactInfo:
         # write_artifact removes its temporary files; a tensors file whose sidecar could not follow
         # is removed here, so nothing partial is left behind.
         try:
-            ArtifactStore(get_settings().artifacts).delete_task_artifact(path)
-        except OSError:
+            store.delete_task_artifact(path)
+        except (OSError, TransientError):
             pass
         raise ArtifactWriteFailed(
             f"could not write the artifact to {str(path).rsplit('/', 1)[0]}: {exc.strerror or exc} "
