@@ -11,6 +11,7 @@ Credentials never appear in a message: errors name the bucket, the key and the e
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +50,11 @@ class S3Store:
             # Short timeouts and few in-client retries: the job's own backoff (2 s doubling to 64 s)
             # is the retry policy, and a client must fail fast when the store is down.
             config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"})
+            # botocore's DEBUG records carry request headers (the access key id in Authorization):
+            # keep them out of a worker started with --loglevel DEBUG.
+            for name in ("botocore", "boto3", "s3transfer", "urllib3"):
+                logger = logging.getLogger(name)
+                logger.setLevel(max(logger.level, logging.INFO))
             self._client = boto3.session.Session().client("s3", config=config)
         return self._client
 

@@ -39,7 +39,7 @@ class MotoServer:
             self.port = s.getsockname()[1]
         self.folder, self.auth = folder, auth
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.access_key, self.secret_key = "testing", "testing-secret-never-printed"
+        self.access_key, self.secret_key = "AKIASTREAMLEARNTEST1", "streamlearn-secret-never-printed"
         self.proc: subprocess.Popen | None = None
         self.start()
 

@@ -171,3 +171,15 @@ def test_settings_keep_an_s3_url_and_read_the_cache_bound(monkeypatch, tmp_path)
     monkeypatch.setenv("STREAMLEARN_CACHE_BYTES", "0")
     with pytest.raises(InvalidConfig, match="STREAMLEARN_CACHE_BYTES"):
         load_settings()
+
+
+def test_s3_debug_logging_never_shows_the_credentials(s3_env, caplog):
+    """With every logger at DEBUG, a write and a read leave neither the access key nor the secret in any record."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    store = ArtifactStore("s3://streamlearn/logs")
+    info = write_artifact(store.task_artifact_path("tiny", "job3"), _tensors(), {"method": "adapter"})
+    read_artifact(info.path, info.sha256)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert s3_env.secret_key not in text and s3_env.access_key not in text
