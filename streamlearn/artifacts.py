@@ -5,9 +5,16 @@ Layout under the store root:
     tasks/<task>/<job_id>.safetensors      a task's stored tensors (safetensors, never pickle)
     tasks/<task>/<job_id>.json             its sidecar: method, labels, backbone, sha256, ...
 
-Every file is written to a temporary name in the same folder and then renamed, so a reader (or a
-job that runs twice under late acknowledgement) never sees half a file. The safetensors header
-records a digest of the sidecar's content, so editing the sidecar is detected like editing the file.
+The store is a folder (embedded mode, or a mount every machine shares) or an S3-compatible bucket
+(`STREAMLEARN_ARTIFACTS=s3://bucket/prefix`); `objectstore` moves the bytes, this module decides
+the keys. Every object is written whole or not at all (a folder: temporary name then rename; S3:
+one PUT), so a reader (or a job that runs twice under late acknowledgement) never sees half a
+file. The safetensors header records a digest of the sidecar's content, so editing the sidecar is
+detected like editing the file. On S3, reads go through the local read-through cache (`cache`),
+verified by sha256: a dataset by its name, an artifact by its sidecar's digest.
+
+An artifact "path" below is a local `Path` on a folder store and an `s3://bucket/key` string on
+S3; every function here accepts either.
 """
 
 from __future__ import annotations
@@ -23,12 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from streamlearn import objectstore
 from streamlearn.data import file_sha256
 from streamlearn.datafile import CHUNK_BYTES, open_regular
 from streamlearn.errors import ArtifactCorrupt, InvalidConfig
 from streamlearn.names import check_task_name
+from streamlearn.objectstore import share_mode, umask
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ArtifactInfo", "ArtifactStore", "DatasetStaging", "read_artifact", "read_metadata", "share_mode", "umask",
+           "write_artifact"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INTEGRITY = ("sha256", "bytes", "file")
@@ -39,56 +51,35 @@ _INTEGRITY = ("sha256", "bytes", "file")
 class ArtifactInfo:
     """Where an artifact was written and what it holds."""
 
-    path: Path
-    """The safetensors file."""
+    path: Path | str
+    """The safetensors file (an `s3://` address on S3)."""
     sha256: str
     """Hex sha256 of the safetensors file."""
     bytes: int
     """Size of the safetensors file."""
-    sidecar: Path
+    sidecar: Path | str
     """The JSON sidecar (same stem, `.json`)."""
 
 
-def sidecar_path(path: str | Path) -> Path:
-    """Return the sidecar of a safetensors artifact path."""
+def sidecar_path(path: str | Path) -> Path | str:
+    """Return the sidecar of a safetensors artifact path (or `s3://` address)."""
+    if objectstore.is_uri(path):
+        return str(path).removesuffix(".safetensors") + ".json"
     return Path(path).with_suffix(".json")
 
 
-def umask() -> int:
-    """This process's umask, read without changing it (Linux: /proc; elsewhere a set-and-restore)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _atomic_write(path: Path | str, data: bytes) -> None:
+    store, key = objectstore.locate(path)
+    store.put_bytes(key, data)
 
 
-def share_mode(path: str | Path) -> None:
-    """Give a file made by `mkstemp` (always 0600) the mode a plain `open` would: 0666 less the umask.
-
-    A CLI and a worker running as two users of one group can then share a store (umask 002).
-    """
-    os.chmod(path, 0o666 & ~umask())
+def _name(path: Path | str) -> str:
+    return str(path).rsplit("/", 1)[-1]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        share_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _suffix(path: Path | str) -> str:
+    name = _name(path)
+    return ".safetensors" if name.endswith(".safetensors") else ""
 
 
 def _sidecar_digest(metadata: dict) -> str:
@@ -109,15 +100,16 @@ def write_artifact(path: str | Path, tensors: dict, metadata: dict) -> ArtifactI
     """
     from safetensors.torch import save
 
-    path = Path(path)
-    if path.suffix != ".safetensors":
+    if not objectstore.is_uri(path):
+        path = Path(path)
+    if not str(path).endswith(".safetensors"):
         raise InvalidConfig(f"artifact path {path} must end in .safetensors")
     metadata = json.loads(json.dumps(metadata))
     header = {"format": "streamlearn", "sidecar_sha256": _sidecar_digest(metadata)}
     blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata=header)
     sha = hashlib.sha256(blob).hexdigest()
     sidecar = sidecar_path(path)
-    full = {**metadata, "file": path.name, "bytes": len(blob), "sha256": sha}
+    full = {**metadata, "file": _name(path), "bytes": len(blob), "sha256": sha}
     # the tensors first: a sidecar only ever describes a complete file
     _atomic_write(path, blob)
     _atomic_write(sidecar, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
@@ -127,9 +119,10 @@ def write_artifact(path: str | Path, tensors: dict, metadata: dict) -> ArtifactI
 def read_metadata(path: str | Path) -> dict:
     """Return an artifact's sidecar (unverified; `read_artifact` verifies)."""
     sidecar = sidecar_path(path)
+    store, key = objectstore.locate(sidecar)
     try:
-        return json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        return json.loads(store.get_bytes(key).decode("utf-8"))
+    except objectstore.ObjectMissing:
         raise ArtifactCorrupt(f"{sidecar}: sidecar missing") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactCorrupt(f"{sidecar}: sidecar is not valid JSON ({exc})") from None
@@ -151,11 +144,12 @@ def read_artifact(path: str | Path, expected_sha256: str | None = None) -> tuple
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    path = Path(path)
+    if not objectstore.is_uri(path):
+        path = Path(path)
     metadata = read_metadata(path)
     try:
-        blob = path.read_bytes()
-    except FileNotFoundError:
+        blob = _artifact_bytes(path, metadata.get("sha256"))
+    except objectstore.ObjectMissing:
         raise ArtifactCorrupt(f"{path}: artifact file missing") from None
     sha = hashlib.sha256(blob).hexdigest()
     for source, want in (("sidecar", metadata.get("sha256")), ("catalogue", expected_sha256)):
@@ -173,38 +167,92 @@ def read_artifact(path: str | Path, expected_sha256: str | None = None) -> tuple
     return tensors, metadata
 
 
+def _artifact_bytes(path: Path | str, sha256: str | None) -> bytes:
+    store, key = objectstore.locate(path)
+    if isinstance(store, objectstore.LocalStore):
+        return store.get_bytes(key)
+    from streamlearn.cache import read_cache
+
+    if sha256 is None:  # nothing to verify a cached copy by; read_artifact refuses it after
+        return store.get_bytes(key)
+    try:
+        return read_cache().fetch(store, key, str(sha256), _suffix(path)).read_bytes()
+    except ArtifactCorrupt:
+        # A stored object that does not match its sidecar: read it whole so the caller's check
+        # reports the mismatch with both digests, as for a local file.
+        return store.get_bytes(key)
+
+
+def local_artifact(path: Path | str, sha256: str) -> Path:
+    """A local file of an artifact: itself on a folder store, the verified cached copy on S3."""
+    if not objectstore.is_uri(path):
+        return Path(path)
+    from streamlearn.cache import read_cache
+
+    store, key = objectstore.locate(path)
+    return read_cache().fetch(store, key, sha256, _suffix(path))
+
+
 def _header(blob: bytes) -> dict:
     size = int.from_bytes(blob[:8], "little")
     return json.loads(blob[8 : 8 + size]).get("__metadata__", {})
 
 
 class ArtifactStore:
-    """Paths and copies under one store root (embedded: `$STREAMLEARN_HOME/artifacts`).
+    """Keys and copies in one store (embedded: `$STREAMLEARN_HOME/artifacts`; at scale a shared
+    folder or `s3://bucket/prefix`).
 
     Args:
-        root: The store's root folder (created on first write).
+        root: The store's root folder (created on first write), or an `s3://bucket/prefix` URL.
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser()
+        self.objects = objectstore.open_store(root)
+        self.remote = not isinstance(self.objects, objectstore.LocalStore)
+        self.root = self.objects.root if isinstance(self.objects, objectstore.LocalStore) else self.objects.url
 
-    def dataset_path(self, sha256: str, gz: bool = False) -> Path:
-        """Return where the dataset with this digest is (or would be) stored."""
+    @staticmethod
+    def dataset_key(sha256: str, gz: bool = False) -> str:
+        """The key of the dataset with this digest (`datasets/<sha256>.jsonl[.gz]`)."""
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise InvalidConfig(f"{sha256!r} is not a sha256 hex digest")
-        plain = self.root / "datasets" / f"{sha256}.jsonl"
-        gzipped = plain.with_suffix(".jsonl.gz")
-        if gz or (not plain.exists() and gzipped.exists()):
-            return gzipped
-        return plain
+        return f"datasets/{sha256}.jsonl" + (".gz" if gz else "")
 
-    def put_dataset(self, path: str | Path) -> tuple[str, Path]:
+    def dataset_path(self, sha256: str, gz: bool = False) -> Path:
+        """Return a local file of the dataset with this digest.
+
+        On a folder store it is where the dataset is (or would be) stored. On S3 it is the
+        verified copy in the read-through cache, downloaded on first use; a dataset the store
+        does not hold gives a path that does not exist.
+        """
+        plain, gzipped = self.dataset_key(sha256), self.dataset_key(sha256, gz=True)
+        if not self.remote:
+            plain_path, gz_path = self.objects.path(plain), self.objects.path(gzipped)
+            if gz or (not plain_path.exists() and gz_path.exists()):
+                return gz_path
+            return plain_path
+        from streamlearn.cache import read_cache
+
+        cache = read_cache()
+        for key, suffix in ((gzipped, ".jsonl.gz"),) if gz else ((plain, ".jsonl"), (gzipped, ".jsonl.gz")):
+            hit = cache.cached(sha256, suffix)
+            if hit is not None:
+                return hit
+        for key, suffix in ((gzipped, ".jsonl.gz"),) if gz else ((plain, ".jsonl"), (gzipped, ".jsonl.gz")):
+            try:
+                return cache.fetch(self.objects, key, sha256, suffix)
+            except objectstore.ObjectMissing:
+                continue
+        return cache.entry(sha256, ".jsonl.gz" if gz else ".jsonl")
+
+    def put_dataset(self, path: str | Path) -> tuple[str, Path | str]:
         """Copy a dataset file into the store under its sha256, reading it once (hash and copy together).
 
-        A copy already present is verified; one whose bytes no longer match its name is replaced.
+        A copy already present is verified (folder store) and refreshed, so `gc` sees the new
+        reference as recent; one whose bytes no longer match its name is replaced.
 
         Returns:
-            (sha256, stored path).
+            (sha256, stored path or `s3://` address).
         """
         path = Path(path)
         with DatasetStaging(self) as staging:
@@ -217,19 +265,61 @@ class ArtifactStore:
             sha = digest.hexdigest()
             return sha, staging.publish({"file": sha})["file"]
 
-    def task_artifact_path(self, task: str, job_id: str | int) -> Path:
-        """Return the `.safetensors` path of a task's artifact from one job (the sidecar: `.json`)."""
+    def task_artifact_path(self, task: str, job_id: str | int) -> Path | str:
+        """Return the `.safetensors` path (S3: `s3://` address) of a task's artifact from one job (the sidecar: `.json`)."""
+        key = self.task_artifact_key(task, job_id)
+        return self.objects.uri(key) if self.remote else self.objects.path(key)
+
+    @staticmethod
+    def task_artifact_key(task: str, job_id: str | int) -> str:
+        """The key of a task's artifact from one job (`tasks/<task>/<job_id>.safetensors`), also the catalogue's URI."""
         check_task_name(task)
         if not _NAME.fullmatch(str(job_id)) or ".." in str(job_id):
             raise InvalidConfig(
                 f"job id {str(job_id)!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
-        return self.root / "tasks" / task / f"{job_id}.safetensors"
+        return f"tasks/{task}/{job_id}.safetensors"
+
+    def location(self, key: str) -> Path | str:
+        """The path (S3: `s3://` address) of a key of this store."""
+        return self.objects.uri(key) if self.remote else self.objects.path(key)
+
+    def key_of(self, path: Path | str) -> str:
+        """The key of a path or address inside this store (the catalogue keeps keys, so the store may move)."""
+        if self.remote:
+            prefix = self.objects.uri("")
+            if not str(path).startswith(prefix):
+                raise InvalidConfig(f"{path} is not in the artifact store {self.objects.url}")
+            return str(path)[len(prefix):]
+        path = Path(path)
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+
+    def staging_path(self, path: Path | str) -> Path:
+        """Where a worker keeps a finished artifact for a remote store until its upload succeeds,
+        so a store outage costs an upload retry, not a retraining (`$STREAMLEARN_CACHE_DIR/staging/<key>`)."""
+        from streamlearn.settings import get_settings
+
+        return Path(get_settings().cache_dir) / "staging" / self.key_of(path)
+
+    def publish(self, staged: Path, path: Path | str) -> None:
+        """Upload a staged artifact to its place in the store: the tensors first, then the sidecar
+        (a sidecar only ever describes complete tensors), each one whole PUT; then drop the staging copy."""
+        for local, target in ((staged, path), (sidecar_path(staged), sidecar_path(path))):
+            store, key = objectstore.locate(target)
+            store.put_file(local, key)
+        Path(staged).unlink(missing_ok=True)
+        Path(sidecar_path(staged)).unlink(missing_ok=True)
+
+    def exists(self, path: Path | str) -> bool:
+        """True when the artifact (tensors file) at this path or address is stored."""
+        store, key = objectstore.locate(path)
+        return store.exists(key)
 
     def delete_task_artifact(self, path: str | Path) -> None:
         """Remove an artifact and its sidecar (missing files are fine)."""
-        Path(path).unlink(missing_ok=True)
-        sidecar_path(path).unlink(missing_ok=True)
+        for item in (path, sidecar_path(path)):
+            store, key = objectstore.locate(item)
+            store.delete(key)
 
 
 STAGING_PREFIX = ".staged."
@@ -260,42 +350,51 @@ class DatasetStaging:
         self.discard()
 
     def open(self, split: str, source: str | Path) -> BinaryIO:
-        """A new temporary file in `datasets/` for the raw bytes of `source` (its `.gz` suffix is kept)."""
-        folder = self.store.root / "datasets"
+        """A new temporary file for the raw bytes of `source` (its `.gz` suffix is kept): in the store's
+        `datasets/` on a folder store (published by a rename), in the local cache folder on S3."""
+        if self.store.remote:
+            from streamlearn.settings import get_settings
+
+            folder = Path(get_settings().cache_dir) / "staging" / "datasets"
+        else:
+            folder = self.store.root / "datasets"
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=STAGING_PREFIX, suffix=".tmp")
         fh = os.fdopen(fd, "wb")
         self._temps[split] = (Path(tmp), fh, str(source).endswith(".gz"))
         return fh
 
-    def publish(self, digests: dict[str, str]) -> dict[str, Path]:
-        """Move each staged copy to its content address; return split -> stored path.
+    def publish(self, digests: dict[str, str]) -> dict[str, Path | str]:
+        """Move each staged copy to its content address; return split -> stored path (S3: address).
 
         Args:
             digests: Split -> sha256 of the bytes written to that split's copy.
         """
-        stored = {}
+        stored: dict[str, Path | str] = {}
         for split, (tmp, fh, gz) in list(self._temps.items()):
             sha = digests[split]
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
-            target = self.dataset_path_for(sha, gz)
-            if target.exists() and file_sha256(target) == sha:
-                tmp.unlink()
+            key = self.store.dataset_key(sha, gz)
+            if self.store.remote:
+                # one whole PUT of bytes just read and hashed: a stored copy that went bad is replaced too
+                self.store.objects.put_file(tmp, key)
+                tmp.unlink(missing_ok=True)
+                stored[split] = self.store.objects.uri(key)
             else:
-                if target.exists():
-                    log.warning("stored dataset %s did not match its sha256; replaced by the fresh copy", target)
-                share_mode(tmp)
-                os.replace(tmp, target)
+                target = self.store.objects.path(key)
+                if target.exists() and file_sha256(target) == sha:
+                    tmp.unlink()
+                    os.utime(target)  # a fresh reference: gc's grace period starts again
+                else:
+                    if target.exists():
+                        log.warning("stored dataset %s did not match its sha256; replaced by the fresh copy", target)
+                    share_mode(tmp)
+                    os.replace(tmp, target)
+                stored[split] = target
             del self._temps[split]
-            stored[split] = target
         return stored
-
-    def dataset_path_for(self, sha256: str, gz: bool) -> Path:
-        """Where a copy with this digest and compression goes."""
-        plain = self.store.dataset_path(sha256)
-        return plain.parent / f"{sha256}.jsonl{'.gz' if gz else ''}"
 
     def discard(self) -> None:
         """Remove every copy not published."""
@@ -329,15 +428,22 @@ def _files(folder: Path, pattern: str) -> list[Path]:
 
 
 def temporary_files(store: ArtifactStore) -> list[Path]:
-    """Every temporary file (`*.tmp`) in the store's `datasets/` and `tasks/` folders."""
+    """Every temporary file (`*.tmp`) in the store's `datasets/` and `tasks/` folders (none on S3:
+    an object there is one whole PUT)."""
+    if store.remote:
+        return []
     return _files(store.root / "datasets", "*.tmp") + _files(store.root / "tasks", "*.tmp")
 
 
-def stored_datasets(store: ArtifactStore) -> dict[str, Path]:
+def stored_datasets(store: ArtifactStore) -> dict[str, Path | str]:
     """sha256 -> stored dataset copy, for every copy in `datasets/`."""
+    if store.remote:
+        return {o.key.rsplit("/", 1)[-1].split(".")[0]: store.objects.uri(o.key) for o in store.objects.list("datasets/")}
     return {p.name.split(".")[0]: p for p in _files(store.root / "datasets", "*.jsonl*") if not p.name.startswith(".")}
 
 
-def artifact_files(store: ArtifactStore) -> list[Path]:
+def artifact_files(store: ArtifactStore) -> list[Path | str]:
     """Every task artifact (`tasks/<task>/<job>.safetensors`) in the store."""
+    if store.remote:
+        return [store.objects.uri(o.key) for o in store.objects.list("tasks/") if o.key.endswith(".safetensors")]
     return _files(store.root / "tasks", "*.safetensors")

@@ -11,6 +11,7 @@ Checks, each reported with what was found:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, text
@@ -59,7 +60,7 @@ def check(url: str | None = None) -> dict[str, Any]:
     missing_datasets = sorted(f"{name}: {split} {sha[:12]}" for name, files in task_files
                               for split, sha in files.items() if not store.dataset_path(sha).is_file())
     unreferenced_datasets = sorted(str(p) for sha, p in stored_datasets(store).items() if sha not in shas)
-    unreferenced_artifacts = sorted(str(p) for p in artifact_files(store) if p.resolve() not in referenced)
+    unreferenced_artifacts = sorted(str(p) for p in artifact_files(store) if (p.resolve() if isinstance(p, Path) else p) not in referenced)
     temporary = [str(p) for p in temporary_files(store)]
     report = {
         "catalogue": mask_url(url), "integrity": integrity, "revision": revision, "head": HEAD_REVISION,

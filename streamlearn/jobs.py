@@ -196,13 +196,15 @@ def stored_dataset(plan: JobPlan) -> Dataset:
                         expected=dict(plan.files))
 
 
-def finalise(job_id: str, path: Path, metadata: dict, backbone: BackboneInfo) -> None:
+def finalise(job_id: str, path: Path | str, metadata: dict, backbone: BackboneInfo) -> None:
     """Record the artifact (from its verified sidecar), its metrics, and succeeded, in one transaction."""
-    root = get_settings().artifacts
-    uri = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    from streamlearn import retention
+
+    uri = ArtifactStore(get_settings().artifacts).key_of(path)
     meta = ArtifactMetadata.from_sidecar(metadata, str(path))
     metrics, method = meta.metrics, meta.method
     with session_scope() as s:
+        retention.hold_artifact(s, path)
         records.ensure_backbone(s, dataclasses.asdict(backbone))
         records.mark_succeeded(s, job_id, artifact={
             "uri": uri, "sha256": metadata["sha256"], "bytes": metadata["bytes"],
@@ -239,15 +241,16 @@ def describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, StreamlearnError) else f"{type(exc).__name__}: {exc}"
 
 
-def artifact_path(uri: str) -> Path:
-    """The file of a catalogue artifact URI (stored relative to the store root, so the store may move)."""
-    path = Path(uri)
-    return path if path.is_absolute() else get_settings().artifacts / path
+def artifact_path(uri: str) -> Path | str:
+    """The file (S3: `s3://` address) of a catalogue artifact URI (a key of the store, so the store may move)."""
+    if Path(uri).is_absolute():
+        return Path(uri)
+    return ArtifactStore(get_settings().artifacts).location(uri)
 
 
 def artifact_plans(task: str | None) -> list[tuple[JobPlan, str, str, dict]]:
     with session_scope(readonly=True) as s:
-        rows = [r for r in queries.task_table(s) if task is None or r["task"] == task]
+        rows = queries.task_table(s, name=task)
         if task is not None and not rows:
             records.find_task(s, task)  # raises UnknownTask
         with_artifact = [r for r in rows if r["artifact_job_id"] is not None]

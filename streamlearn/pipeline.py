@@ -19,7 +19,7 @@ import torch
 from sqlalchemy.exc import OperationalError
 
 from streamlearn import jobs, submission, training
-from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, read_metadata, write_artifact
+from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, read_metadata, sidecar_path, write_artifact
 from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
 from streamlearn.catalogue import records
@@ -289,34 +289,52 @@ def refusal() -> str | None:
     return _refusal
 
 
-def _write(result: FitResult, path: Path) -> ArtifactInfo:
+def _write(result: FitResult, path: Path | str) -> ArtifactInfo:
     """Save a job's artifact, turning a store that cannot be written into a clear, final error."""
+    store = ArtifactStore(get_settings().artifacts)
     try:
-        return save(result, path)
+        if not store.remote:
+            return save(result, path)
+        # Remote store: write locally first, then upload; an upload that fails keeps the staged copy
+        # for the retry (StoreUnavailable is transient), which uploads it without retraining.
+        staged = store.staging_path(path)
+        info = save(result, staged)
+        store.publish(staged, path)
+        return dataclasses.replace(info, path=path, sidecar=sidecar_path(path))
     except OSError as exc:
         # write_artifact removes its temporary files; a tensors file whose sidecar could not follow
         # is removed here, so nothing partial is left behind.
         try:
-            ArtifactStore(get_settings().artifacts).delete_task_artifact(path)
-        except OSError:
+            store.delete_task_artifact(path)
+        except (OSError, TransientError):
             pass
         raise ArtifactWriteFailed(
-            f"could not write the artifact to {path.parent}: {exc.strerror or exc} "
+            f"could not write the artifact to {str(path).rsplit('/', 1)[0]}: {exc.strerror or exc} "
             "(is the artifact store full, read-only or not mounted?); nothing was kept, submit again once it is fixed"
         ) from exc
 
 
-def _finished_artifact(path: Path, backbone: Backbone) -> dict | None:
+def _finished_artifact(path: Path | str, backbone: Backbone) -> dict | None:
     """The sidecar of a complete, verified artifact from an earlier run of this job, else None."""
-    if not path.exists():
-        return None
+    store = ArtifactStore(get_settings().artifacts)
+    staged = store.staging_path(path) if store.remote else None
+    if not store.exists(path):
+        if staged is None or not staged.exists():
+            return None
+        source = staged  # trained before the store went away: upload it now (below), do not retrain
+    else:
+        source = path
     try:
-        _, metadata = read_artifact(path)
+        _, metadata = read_artifact(source)
     except ArtifactCorrupt as exc:
         log.warning("ignoring an unusable earlier artifact, retraining: %s", exc)
         return None
     if metadata.get("backbone", {}).get("fingerprint") != backbone.info.fingerprint:
         return None
+    if source is staged:
+        store.publish(staged, path)
+        log.info("artifact %s uploaded from its staged copy: finalising without retraining", path)
+        return metadata
     log.info("artifact %s already complete: finalising without retraining", path)
     return metadata
 

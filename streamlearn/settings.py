@@ -21,8 +21,9 @@ class Settings:
     """SQLAlchemy URL of the catalogue (`STREAMLEARN_DATABASE_URL`, default SQLite under home)."""
     broker_url: str
     """Celery broker (`STREAMLEARN_BROKER_URL`, default kombu `filesystem://` under home/queue)."""
-    artifacts: Path
-    """Artifact store root (`STREAMLEARN_ARTIFACTS`, default home/artifacts)."""
+    artifacts: Path | str
+    """Artifact store (`STREAMLEARN_ARTIFACTS`, default home/artifacts): a folder (a Path), or an
+    `s3://bucket/prefix` URL (a str) with endpoint and credentials from the standard AWS settings."""
     backbone: str | None
     """Backbone directory (`STREAMLEARN_BACKBONE`); None means the packaged all-MiniLM-L6-v2."""
     device: str
@@ -50,6 +51,10 @@ class Settings:
     """Name of the Celery queue jobs are sent to and workers consume by default (`STREAMLEARN_QUEUE`)."""
     max_dataset_bytes: int = 1 << 30
     """Most (decompressed) bytes a dataset file may hold (`STREAMLEARN_MAX_DATASET_BYTES`; `--max-bytes`)."""
+    cache_dir: Path | None = None
+    """Local read-through cache of a remote store's objects (`STREAMLEARN_CACHE_DIR`); None means home/cache."""
+    cache_bytes: int = 10 * 1024**3
+    """Bytes the cache may hold before its least recently used entries go (`STREAMLEARN_CACHE_BYTES`, default 10 GiB)."""
 
     def __post_init__(self) -> None:
         if self.task_time_limit <= 0:
@@ -62,6 +67,10 @@ class Settings:
             raise InvalidConfig("STREAMLEARN_VISIBILITY_TIMEOUT must be positive")
         if self.max_dataset_bytes < 16:
             raise InvalidConfig("STREAMLEARN_MAX_DATASET_BYTES must be at least 16")
+        if self.cache_bytes <= 0:
+            raise InvalidConfig("STREAMLEARN_CACHE_BYTES must be a positive number of bytes")
+        if self.cache_dir is None:
+            object.__setattr__(self, "cache_dir", self.home / "cache")
 
     @property
     def redis_visibility_timeout(self) -> float:
@@ -94,7 +103,10 @@ def _number(name: str, default: float) -> float:
 def load_settings() -> Settings:
     """Read the settings from the environment now (no caching)."""
     home = Path(os.environ.get("STREAMLEARN_HOME") or Path.home() / ".streamlearn").expanduser()
-    artifacts = Path(os.environ.get("STREAMLEARN_ARTIFACTS") or home / "artifacts").expanduser()
+    raw_artifacts = os.environ.get("STREAMLEARN_ARTIFACTS") or str(home / "artifacts")
+    # An object-store URL stays a string; a folder (or file://folder) becomes a Path as before.
+    artifacts = raw_artifacts if "://" in raw_artifacts and not raw_artifacts.startswith("file://") else \
+        Path(raw_artifacts.removeprefix("file://")).expanduser()
     database_url = os.environ.get("STREAMLEARN_DATABASE_URL") or f"sqlite:///{home / 'catalogue.db'}"
     broker_url = os.environ.get("STREAMLEARN_BROKER_URL") or "filesystem://"
     return Settings(
@@ -115,6 +127,8 @@ def load_settings() -> Settings:
         broker_timeout=_number("STREAMLEARN_BROKER_TIMEOUT", 2.5),
         queue=os.environ.get("STREAMLEARN_QUEUE") or "streamlearn",
         max_dataset_bytes=int(_number("STREAMLEARN_MAX_DATASET_BYTES", 1 << 30)),
+        cache_dir=Path(os.environ["STREAMLEARN_CACHE_DIR"]).expanduser() if os.environ.get("STREAMLEARN_CACHE_DIR") else None,
+        cache_bytes=int(_number("STREAMLEARN_CACHE_BYTES", 10 * 1024**3)),
     )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamlearn import jobs, trials
+from streamlearn import jobs, retention, trials
 from streamlearn.artifacts import ArtifactStore, DatasetStaging
 from streamlearn.catalogue import records
 from streamlearn.catalogue.models import JobKind, JobStatus
@@ -109,10 +109,15 @@ def submit(request: SubmitRequest) -> jobs.Submission:
     if request.sweep is not None:
         request.sweep.trials(params)  # a grid the method cannot take is refused before any read
     trial_ids: list[str] = []
-    with DatasetStaging(ArtifactStore(get_settings().artifacts)) as staging:
+    store = ArtifactStore(get_settings().artifacts)
+    store.objects.check()  # a missing bucket or bad credentials: one line, before anything is read or stored
+    with DatasetStaging(store) as staging:
         dataset = load_dataset(request.train, request.validation, request.test, spec=request.spec,
                                seed=int(request.train_config.get("seed") or 0), copy_to=staging.open)
         with session_scope() as s:
+            # gc's lock, shared: the copies published below, inside this transaction, cannot be
+            # collected between their publication and the commit of the rows that reference them
+            retention.hold(s, {})
             if request.sweep is None:
                 task, job, created = jobs.record_submission(s, name, dataset, params, request.spec, request.force,
                                                             kind=JobKind.TRAIN)

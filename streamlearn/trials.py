@@ -30,7 +30,7 @@ from streamlearn.catalogue import queries, records
 from streamlearn.catalogue.models import Artifact, Job, JobKind, JobStatus, Metric
 from streamlearn.catalogue.session import session_scope
 from streamlearn.data import DataSpec, Dataset
-from streamlearn.errors import BrokerUnavailable
+from streamlearn.errors import BrokerUnavailable, StreamlearnError
 from streamlearn.settings import get_settings
 from streamlearn.sweep import SweepSpec, TrialResult, choose
 
@@ -159,7 +159,7 @@ def _delete_files(task: str, losers: list[str], uris: list[str]) -> None:
     for path in paths:
         try:
             store.delete_task_artifact(path)
-        except OSError as exc:
+        except (OSError, StreamlearnError) as exc:  # a store that is down: gc removes the stray later
             log.warning("could not delete the losing artifact %s: %s", path, exc)
 
 

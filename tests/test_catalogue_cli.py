@@ -11,7 +11,7 @@ import pytest
 from catalogue_fixtures import finished_task, pg_database, pg_url  # noqa: F401
 from click.testing import CliRunner
 
-from streamlearn.catalogue.session import current_revision, reset_engines, resolve_url, session_scope
+from streamlearn.catalogue.session import HEAD_REVISION, current_revision, reset_engines, resolve_url, session_scope
 from streamlearn.cli import main
 from streamlearn.settings import get_settings
 
@@ -104,9 +104,9 @@ def test_storage_on_an_empty_catalogue_writes_no_plot(isolated_home: Path, tmp_p
 def test_db_upgrade_reports_the_revision(isolated_home: Path) -> None:
     """`db upgrade` creates the schema once, then says it is already at head."""
     first = _run("db", "upgrade")
-    assert first.exit_code == 0 and "upgraded from empty to revision 0002_hardening" in first.output
-    assert "already at revision 0002_hardening" in _run("db", "upgrade").output
-    assert current_revision() == "0002_hardening"
+    assert first.exit_code == 0 and f"upgraded from empty to revision {HEAD_REVISION}" in first.output
+    assert f"already at revision {HEAD_REVISION}" in _run("db", "upgrade").output
+    assert current_revision() == HEAD_REVISION
 
 
 def test_db_upgrade_on_postgresql_masks_the_password(pg_url: str, isolated_home: Path,
@@ -118,7 +118,7 @@ def test_db_upgrade_on_postgresql_masks_the_password(pg_url: str, isolated_home:
     result = _run("db", "upgrade")
     assert result.exit_code == 0, result.output
     assert "s3cret" not in result.output and ":***@" in result.output
-    assert current_revision(resolve_url()) == "0002_hardening"
+    assert current_revision(resolve_url()) == HEAD_REVISION
     assert json.loads(_run("tasks", "--json").output) == []
 
 
@@ -138,3 +138,32 @@ def test_catalogue_modules_import_neither_torch_nor_matplotlib() -> None:
             "print(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_tasks_and_jobs_page_and_filter(three_tasks: Path) -> None:
+    """`--limit` cuts and says how to get the next page, `--after` continues, `--name-like` and `--status` filter."""
+    first = _run("tasks", "--limit", "2")
+    assert first.exit_code == 0 and "Showing the first 2 tasks; next page: --after trec" in first.output
+    rows = json.loads(_run("tasks", "--limit", "2", "--json").output)
+    assert [r["task"] for r in rows] == ["sst2", "trec"]
+    assert [r["task"] for r in json.loads(_run("tasks", "--after", "trec", "--json").output)] == ["agnews"]
+    assert [r["task"] for r in json.loads(_run("tasks", "--name-like", "%t%", "--json").output)] == ["sst2", "trec"]
+    assert json.loads(_run("tasks", "--status", "failed", "--json").output) == []
+    assert len(json.loads(_run("tasks", "--status", "succeeded", "--all", "--json").output)) == 3
+    jobs = json.loads(_run("jobs", "--json").output)
+    assert [j["task"] for j in jobs] == ["sst2", "trec", "agnews"]
+    page = json.loads(_run("jobs", "--limit", "1", "--after", jobs[0]["job_id"][:8], "--json").output)
+    assert [j["job_id"] for j in page] == [jobs[1]["job_id"]]
+    assert [j["task"] for j in json.loads(_run("jobs", "--name-like", "ag%", "--json").output)] == ["agnews"]
+    unknown = CliRunner().invoke(main, ["tasks", "--after", "nope"])
+    assert unknown.exit_code == 2 and "no task 'nope' to page after" in unknown.output
+
+
+def test_storage_limit_lists_some_tasks_and_sums_all(three_tasks: Path) -> None:
+    """`storage --limit 1` lists one task while its totals (SQL sums) cover all three, as the full report does."""
+    full = json.loads(_run("storage", "--all", "--json").output)
+    cut = json.loads(_run("storage", "--limit", "1", "--json").output)
+    assert [t["task"] for t in cut["tasks"]] == ["sst2"] and cut["tasks_shown"] == 1 and cut["task_count"] == 3
+    for key in ("total_bytes", "full_copy_total_bytes", "theoretical_total_bytes", "ratio", "measured_over_theoretical"):
+        assert cut[key] == full[key], key
+    assert full["total_bytes"] == 2_424_912 + 359_380 + 2_429_532

@@ -126,6 +126,7 @@ class Task(Base):
     """A labelled dataset that arrived in the stream; arrival order is the order of `id`."""
 
     __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_name_pattern", "name", postgresql_ops={"name": "varchar_pattern_ops"}),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -158,6 +159,8 @@ class Job(Base):
         Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),
         Index("ix_jobs_parent_id", "parent_id"),
         Index("ix_jobs_created_at", "created_at"),
+        Index("ix_jobs_task_id_created_at", "task_id", "created_at"),
+        Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -203,6 +206,7 @@ class Artifact(Base):
     """The stored per-task tensors of one succeeded job (at most one per job)."""
 
     __tablename__ = "artifacts"
+    __table_args__ = (Index("ix_artifacts_uri", "uri"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)

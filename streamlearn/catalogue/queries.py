@@ -1,8 +1,9 @@
 """What the CLI and the workers read from the catalogue, as JSON-able dicts.
 
-Each query is a constant number of SQL statements whatever the number of tasks: the task table and
-the storage report pick each task's current artifact with one window function, so a 10,000-task
-catalogue answers in one round trip instead of 10,000.
+Each query is a constant number of SQL statements whatever the number of tasks (a test counts them
+at two catalogue sizes): the task table pages by keyset (`after` the last task seen) and ranks only
+the page's artifacts with one window function, and the storage report's totals are SQL sums, so a
+100,000-task catalogue answers a page in a few round trips instead of loading every row.
 
 A task's current artifact is its newest artifact of a `train` job or of a sweep's chosen trial.
 Trial artifacts waiting for their sweep's selection are not shown in the task table, but they
@@ -14,45 +15,106 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import BigInteger, and_, case, cast, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from streamlearn.catalogue.models import Artifact, Backbone, Job, JobKind, JobStatus, Metric, Task
 from streamlearn.catalogue.records import find_job
-from streamlearn.storage import StoredTask, build_report
+from streamlearn.errors import UnknownTask
+from streamlearn.storage import BYTES_PER_PARAM, DTYPE_BYTES, StoredTask, build_report, task_params
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _ranked_artifacts():
+def _ranked_artifacts(task_ids=None):
     """Each artifact with its task, its rank within the task (1 = the task's current one), and the
-    task's artifact count and bytes (window aggregates: no second subquery to join)."""
+    task's artifact count and bytes (window aggregates: no second subquery to join).
+
+    Args:
+        task_ids: A subquery of task ids to restrict the ranking to (a page), or None for all.
+    """
     visible = case((or_(Job.kind == JobKind.TRAIN, Job.chosen.is_(True)), 1), else_=0)
     per_task = {"partition_by": Job.task_id}
     rank = func.row_number().over(**per_task, order_by=(visible.desc(), Job.finished_at.desc(), Artifact.id.desc()))
-    return (
+    stmt = (
         select(Artifact.id.label("artifact_id"), Job.task_id.label("task_id"), visible.label("visible"),
                rank.label("rn"), func.sum(Artifact.bytes).over(**per_task).label("task_bytes"),
                func.count(Artifact.id).over(**per_task).label("task_artifacts"))
         .join(Job, Job.id == Artifact.job_id)
-        .subquery("ranked")
     )
+    if task_ids is not None:
+        stmt = stmt.where(Job.task_id.in_(task_ids))
+    return stmt.subquery("ranked")
 
 
-def _latest_jobs():
+def _latest_jobs(task_ids=None):
     """Each task's jobs ranked newest first (trials excluded: their sweep stands for them)."""
     rank = func.row_number().over(partition_by=Job.task_id, order_by=(Job.created_at.desc(), Job.id.desc()))
-    return (
+    stmt = (
         select(Job.id.label("job_id"), Job.task_id.label("task_id"), Job.status.label("status"), rank.label("rn"))
         .where(Job.kind != JobKind.TRIAL)
-        .subquery("latest")
     )
+    if task_ids is not None:
+        stmt = stmt.where(Job.task_id.in_(task_ids))
+    return stmt.subquery("latest")
 
 
-def task_table(s: Session) -> list[dict[str, Any]]:
+def _latest_with_status(status: JobStatus):
+    """Ids of tasks whose newest non-trial job has `status`, driven from the jobs with that status
+    (index jobs(status, ...)) and checked newest by an anti-join (index jobs(task_id, created_at)),
+    so a rare status (queued, running) reads only its few jobs, not every task."""
+    newer = aliased(Job)
+    is_newest = ~(
+        select(newer.id)
+        .where(newer.task_id == Job.task_id, newer.kind != JobKind.TRIAL,
+               or_(newer.created_at > Job.created_at, and_(newer.created_at == Job.created_at, newer.id > Job.id)))
+        .exists()
+    )
+    return select(Job.task_id).where(Job.status == status, Job.kind != JobKind.TRIAL, is_newest)
+
+
+def task_page(s: Session, *, limit: int | None = None, after: str | None = None, status: JobStatus | str | None = None,
+              name_like: str | None = None, name: str | None = None):
+    """A subquery of the ids of one page of tasks in arrival order (keyset paging: `after` a task name).
+
+    Raises:
+        UnknownTask: `after` names no task.
+    """
+    stmt = select(Task.id).order_by(Task.id)
+    if after is not None:
+        after_id = s.scalar(select(Task.id).where(Task.name == after))
+        if after_id is None:
+            raise UnknownTask(f"no task {after!r} to page after (see `streamlearn tasks`)")
+        stmt = stmt.where(Task.id > after_id)
+    if name is not None:
+        stmt = stmt.where(Task.name == name)
+    if name_like is not None:
+        stmt = stmt.where(Task.name.like(name_like))
+    if status is not None:
+        stmt = stmt.where(Task.id.in_(_latest_with_status(JobStatus(status))))
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return stmt.subquery("page")
+
+
+def task_table(s: Session, *, limit: int | None = None, after: str | None = None,
+               status: JobStatus | str | None = None, name_like: str | None = None,
+               name: str | None = None) -> list[dict[str, Any]]:
     """One row per task in arrival order, with its latest job's status and its current artifact.
+
+    Two SQL statements whatever the number of tasks (one with `after`): the page of task ids is a
+    subquery, and the window functions that pick each task's artifact and latest job only rank
+    the page's rows.
+
+    Args:
+        s: Session.
+        limit: At most this many tasks.
+        after: Only tasks that arrived after this task (keyset paging: pass the last name seen).
+        status: Only tasks whose latest job has this status.
+        name_like: Only task names matching this SQL LIKE pattern (`%` any run, `_` one character).
+        name: Only the task with exactly this name.
 
     Returns:
         Dicts with `task, created_at, status, job_id` (the latest job) and, from the current
@@ -61,8 +123,13 @@ def task_table(s: Session) -> list[dict[str, Any]]:
         bytes, sha256, uri, classes, backbone`. `collapsed` is the test split's flag
         (`training.collapsed`; validation's when the task has no test split), None for metrics
         recorded before the flag existed.
+
+    Raises:
+        UnknownTask: `after` names no task.
     """
-    ranked, latest = _ranked_artifacts(), _latest_jobs()
+    page = task_page(s, limit=limit, after=after, status=status, name_like=name_like, name=name)
+    ids = select(page.c.id)
+    ranked, latest = _ranked_artifacts(ids), _latest_jobs(ids)
     val, test, owner = aliased(Metric), aliased(Metric), aliased(Job)
     val_collapsed, test_collapsed = aliased(Metric), aliased(Metric)
     stmt = (
@@ -72,6 +139,7 @@ def task_table(s: Session) -> list[dict[str, Any]]:
             Artifact.bytes, Artifact.sha256, Artifact.uri, Artifact.classes, Backbone.name,
             val.value, test.value, val_collapsed.value, test_collapsed.value,
         )
+        .join(page, page.c.id == Task.id)
         .outerjoin(ranked, and_(ranked.c.task_id == Task.id, ranked.c.rn == 1, ranked.c.visible == 1))
         .outerjoin(Artifact, Artifact.id == ranked.c.artifact_id)
         .outerjoin(owner, owner.id == Artifact.job_id)
@@ -158,12 +226,17 @@ def job_status(s: Session, job_id: str) -> dict[str, Any]:
 
 
 def list_jobs(s: Session, status: JobStatus | str | None = None, *, task: str | None = None,
-              limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
-    """Jobs oldest first (or newest first), optionally only one status or one task; each with its task name.
+              limit: int | None = None, after: str | None = None, name_like: str | None = None,
+              newest_first: bool = False) -> list[dict[str, Any]]:
+    """Jobs oldest first (or newest first), optionally only one status, one task or task names LIKE
+    a pattern; each with its task name. Keyset paging: `after` a job id, the next `limit` jobs.
 
     Returns:
         Dicts with `job_id, task, kind, parent_id, status, method, attempts, worker, progress,
         error, chosen` and the timestamps (`created_at`, ...).
+
+    Raises:
+        UnknownJob: `after` is no job's id (a unique prefix is enough).
     """
     order = (Job.created_at.desc(), Job.id.desc()) if newest_first else (Job.created_at, Job.id)
     stmt = select(Job, Task.name).join(Task, Task.id == Job.task_id).order_by(*order)
@@ -171,6 +244,16 @@ def list_jobs(s: Session, status: JobStatus | str | None = None, *, task: str | 
         stmt = stmt.where(Job.status == JobStatus(status))
     if task is not None:
         stmt = stmt.where(Task.name == task)
+    if name_like is not None:
+        stmt = stmt.where(Task.name.like(name_like))
+    if after is not None:
+        last = find_job(s, after)
+        if newest_first:
+            stmt = stmt.where(or_(Job.created_at < last.created_at,
+                                  and_(Job.created_at == last.created_at, Job.id < last.id)))
+        else:
+            stmt = stmt.where(or_(Job.created_at > last.created_at,
+                                  and_(Job.created_at == last.created_at, Job.id > last.id)))
     if limit is not None:
         stmt = stmt.limit(limit)
     return [_job_dict(job, name) for job, name in s.execute(stmt)]
@@ -240,13 +323,32 @@ def sweeps_ready(s: Session) -> list[str]:
     return list(s.scalars(stmt))
 
 
-def storage_report(s: Session) -> dict[str, Any]:
+def storage_report(s: Session, limit: int | None = None) -> dict[str, Any]:
     """Cumulative stored bytes per task in arrival order, against the 4Lmd law and K full copies.
 
-    Only tasks with at least one artifact count as learned. See `storage.build_report` for the
-    fields (`backbone_params, backbone_bytes, tasks, total_bytes, full_copy_total_bytes, ratio`, ...).
+    Only tasks with at least one artifact count as learned. The totals are SQL sums over every
+    task (one statement, no row per task leaves the database); `tasks` lists the first `limit`
+    learned tasks (all with None), each with its cumulative figures. See `storage.build_report`
+    for the fields (`backbone_params, backbone_bytes, tasks, total_bytes, full_copy_total_bytes,
+    ratio`, ...); `task_count` counts every learned task, `tasks_shown` those listed.
     """
-    ranked = _ranked_artifacts()
+    rows = _stored_tasks(s, limit)
+    report = build_report(rows)
+    totals = _storage_totals(s) if limit is not None else None
+    if totals is not None and totals["task_count"] > len(rows):
+        stored, full, theory = totals["total_bytes"], totals["full_copy_total_bytes"], totals["theoretical_total_bytes"]
+        report.update(totals, ratio=stored / full if full else None,
+                      measured_over_theoretical=stored / theory if theory else None)
+    report["tasks_shown"] = len(report["tasks"])
+    return report
+
+
+def _stored_tasks(s: Session, limit: int | None) -> list[StoredTask]:
+    page = select(Task.id).where(select(Job.id).where(Job.task_id == Task.id).join(Artifact).exists()).order_by(Task.id)
+    if limit is not None:
+        page = page.limit(limit)
+    page = page.subquery("page")
+    ranked = _ranked_artifacts(select(page.c.id) if limit is not None else None)
     stmt = (
         select(
             Task.name, Artifact.method, ranked.c.task_bytes, ranked.c.task_artifacts, Artifact.adapter_size,
@@ -261,9 +363,56 @@ def storage_report(s: Session) -> dict[str, Any]:
     )
     # PostgreSQL's SUM of a BIGINT is NUMERIC (a Decimal here): back to int. A job of release
     # 0.1.0 has no drop_layers / store_dtype in its hyperparameters: 0 and float32 then.
-    return build_report(
-        StoredTask(task, method, int(total), int(n), m, classes, stored, bb, fp, layers, hidden, params, bb_bytes,
-                   drop_layers=int((hp or {}).get("method", {}).get("drop_layers", 0)),
-                   dtype=str((hp or {}).get("train", {}).get("store_dtype", "float32")))
-        for task, method, total, n, m, classes, stored, bb, fp, layers, hidden, params, bb_bytes, hp in s.execute(stmt)
+    return [StoredTask(task, method, int(total), int(n), m, classes, stored, bb, fp, layers, hidden, params, bb_bytes,
+                       drop_layers=int((hp or {}).get("method", {}).get("drop_layers", 0)),
+                       dtype=str((hp or {}).get("train", {}).get("store_dtype", "float32")))
+            for task, method, total, n, m, classes, stored, bb, fp, layers, hidden, params, bb_bytes, hp
+            in s.execute(stmt)]
+
+
+_VISIBLE = 1 << 48
+"""Added to a visible artifact's id so one MAX per task picks the current artifact (newest visible, else newest)."""
+
+
+def _storage_totals(s: Session) -> dict[str, int]:
+    """Every learned task's bytes, law bytes and full-copy bytes, summed in SQL (one statement).
+
+    Each task's current artifact is found with one grouped MAX instead of the window ranking of
+    the task table (a sort of every artifact): artifact ids grow with their jobs' finish, so the
+    newest visible artifact has the largest id, and visible ones are lifted above the rest.
+    """
+    visible = or_(Job.kind == JobKind.TRAIN, Job.chosen.is_(True))
+    lift = literal(_VISIBLE, BigInteger)
+    current = (
+        select(func.max(case((visible, cast(Artifact.id, BigInteger) + lift), else_=cast(Artifact.id, BigInteger)))
+               .label("key"),
+               func.sum(Artifact.bytes).label("task_bytes"))
+        .join(Job, Job.id == Artifact.job_id)
+        .group_by(Job.task_id)
+        .subquery("current")
     )
+    artifact_id = case((current.c.key >= lift, current.c.key - lift), else_=current.c.key)
+    # The law is the registry's one formula (`storage.task_params`), applied in Python once per
+    # distinct shape (backbone, m, C, AdapterDrop depth, stored dtype): SQL sums per group, so the
+    # rows that leave the database are a handful whatever K is. Jobs of release 0.1.0 carry no
+    # drop_layers / store_dtype: 0 and float32.
+    drop = func.coalesce(Job.hyperparameters[("method", "drop_layers")].as_integer(), 0)
+    dtype = func.coalesce(Job.hyperparameters[("train", "store_dtype")].as_string(), "float32")
+    shape = (Backbone.layers, Backbone.hidden, Artifact.adapter_size, Artifact.classes, drop, dtype)
+    stmt = (
+        select(*shape, func.count(), func.sum(current.c.task_bytes), func.sum(Artifact.stored_params),
+               func.sum(Backbone.bytes))
+        .select_from(current)
+        .join(Artifact, Artifact.id == artifact_id)
+        .join(Backbone, Backbone.id == Artifact.backbone_id)
+        .join(Job, Job.id == Artifact.job_id)
+        .group_by(*shape)
+    )
+    count = stored = law_bytes = full = 0
+    for layers, hidden, m, classes, n, dt, k, task_bytes, params, full_bytes in s.execute(stmt):
+        per = DTYPE_BYTES.get(dt, BYTES_PER_PARAM)
+        law = int(params) if m is None else task_params(layers, hidden, m, classes, int(n)) * int(k)
+        count, stored, full = count + int(k), stored + int(task_bytes), full + int(full_bytes)
+        law_bytes += law * per
+    return {"task_count": count, "total_bytes": stored, "theoretical_total_bytes": law_bytes,
+            "full_copy_total_bytes": full}

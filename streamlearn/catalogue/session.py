@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from streamlearn.errors import CatalogueUnusable, StreamlearnError, TransientError
 from streamlearn.settings import get_settings, mask_url
 
-HEAD_REVISION = "0002_hardening"
+HEAD_REVISION = "0003_scale"
 """The newest migration; a test checks it against the migration scripts."""
 
 def migrations_dir() -> Path:

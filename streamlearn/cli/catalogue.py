@@ -31,10 +31,43 @@ def _collapsed(row: dict[str, Any]) -> str:
     return "?" if row["collapsed"] is None else ("yes" if row["collapsed"] else "no")
 
 
+DEFAULT_LIMIT = 1000
+"""Rows a listing shows unless `--limit N` or `--all` says otherwise (a 100,000-task catalogue stays fast)."""
+
+STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def paging_options(noun: str, after_help: str):
+    """`--limit N`, `--all`, `--after`, `--name-like` of a listing of `noun`s (tasks, jobs)."""
+    def wrap(fn):
+        for option in reversed([
+            click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True,
+                         help=f"Show at most N {noun}s (in arrival order)."),
+            click.option("--all", "all_rows", is_flag=True, help=f"Show every {noun} (no --limit)."),
+            click.option("--after", help=after_help),
+            click.option("--name-like", help="Only task names matching this SQL LIKE pattern: '%' any run of "
+                                             "characters, '_' one character (e.g. 'sst%').",
+                         metavar="PATTERN"),
+        ]):
+            fn = option(fn)
+        return fn
+    return wrap
+
+
+def page_hint(rows: list, limit: int | None, last: str, noun: str) -> str | None:
+    """The line under a listing cut at `limit`, naming the flag that shows the next page."""
+    if limit is None or len(rows) < limit:
+        return None
+    return f"Showing the first {limit:,} {noun}s; next page: --after {last} (or --all)."
+
+
 @main.command("tasks")
+@paging_options("task", "Only tasks that arrived after this task (keyset paging: give the last task shown).")
+@click.option("--status", type=click.Choice(STATUSES), help="Only tasks whose latest job has this status.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per task.")
-def tasks_command(as_json: bool) -> None:
-    """List every task with its latest job's status and its stored artifact.
+def tasks_command(limit: int, all_rows: bool, after: str | None, name_like: str | None, status: str | None,
+                  as_json: bool) -> None:
+    """List tasks in arrival order with their latest job's status and their stored artifact.
 
     Columns: task, status of its latest job, method, adapter size m, the kept artifact's
     hyperparameters (for a sweep: the chosen trial's, e.g. `m=64 lr=1e-3 ep=3`), validation and
@@ -46,14 +79,16 @@ def tasks_command(as_json: bool) -> None:
     from streamlearn.catalogue.queries import task_table
     from streamlearn.catalogue.session import session_scope
 
+    limit = None if all_rows else limit
     with session_scope(readonly=True) as s:
-        rows = task_table(s)
+        rows = task_table(s, limit=limit, after=after, status=status, name_like=name_like)
     if as_json:
         echo_json(rows)
         return
     console = make_console(wide=True)
     if not rows:
-        console.print(f"No tasks in the catalogue yet. {EMPTY_HINT}")
+        filtered = after or status or name_like
+        console.print("No tasks match." if filtered else f"No tasks in the catalogue yet. {EMPTY_HINT}")
         return
     from rich.table import Table
 
@@ -75,26 +110,33 @@ def tasks_command(as_json: bool) -> None:
             _number(r["bytes"]), (r["sha256"] or "-")[:12], plain(r["backbone"] or "-"),
         )
     console.print(table)
+    hint = page_hint(rows, limit, rows[-1]["task"], "task")
+    if hint:
+        console.print(hint)
 
 
 @main.command("storage")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, writable=True),
-              help="Also draw cumulative storage against K to this PNG file.")
-def storage_command(as_json: bool, plot_file: str | None) -> None:
+              help="Also draw cumulative storage against K to this PNG file (every task).")
+@click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True,
+              help="List at most the first N learned tasks; the totals always cover every task (SQL sums).")
+@click.option("--all", "all_rows", is_flag=True, help="List every learned task (no --limit).")
+def storage_command(as_json: bool, plot_file: str | None, limit: int, all_rows: bool) -> None:
     """Show that storage grows as K·4Lmd (adapters), not K·|w| (full copies).
 
     Per task in arrival order: the bytes stored, the cumulative bytes, what K full copies of the
     backbone would take (K·|w|), and the law's K·[2L(2md+m+d)+(4L+2)d+(d+1)C] parameters times
     4 bytes. JSON fields: backbone_params, backbone_bytes, tasks [{task, method, bytes,
     cumulative_bytes, full_copy_cumulative_bytes, theoretical_bytes, ...}], total_bytes,
-    full_copy_total_bytes, ratio (stored / full copies), and more.
+    full_copy_total_bytes, ratio (stored / full copies), task_count (every learned task),
+    tasks_shown (those listed), and more.
     """
     from streamlearn.catalogue.queries import storage_report
     from streamlearn.catalogue.session import session_scope
 
     with session_scope(readonly=True) as s:
-        report = storage_report(s)
+        report = storage_report(s, limit=None if all_rows or plot_file else limit)
     if plot_file and report["tasks"]:
         from streamlearn.storage import plot
 
@@ -191,3 +233,52 @@ def db_check_command(as_json: bool) -> None:
         console.print(plain("ok" if report["ok"] else "problems found"))
     if not report["ok"]:
         raise SystemExit(1)
+
+
+@main.command("delete")
+@click.argument("task")
+@click.option("--json", "as_json", is_flag=True, help="Print {task, jobs, removed: [{key, bytes}], bytes_freed}.")
+def delete_command(task: str, as_json: bool) -> None:
+    """Delete TASK: its catalogue rows (task, jobs, artifacts, metrics) in one transaction, then its
+    stored files that no other task references.
+
+    A task with a queued or running job is refused (wait until it ends). An artifact or dataset
+    another task still uses stays. Files left by a crash between the two steps are removed by `gc`.
+    """
+    from streamlearn.retention import delete_task
+    from streamlearn.storage import human_bytes
+
+    report = delete_task(task)
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"deleted task {task} ({report['jobs']} job(s)); removed {len(report['removed'])} stored file(s), "
+               f"{human_bytes(report['bytes_freed'])} freed")
+
+
+@main.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Leave files written less than this many seconds ago alone (uploads in flight).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {dry_run, grace_seconds, store, scanned, kept, removed: [{key, bytes}], bytes_freed}.")
+def gc_command(dry_run: bool, grace: float, as_json: bool) -> None:
+    """Remove stored datasets and artifacts that no catalogue row references, and report the bytes freed.
+
+    Works on a folder store and on S3. The decision is re-checked against the catalogue under a
+    lock that submissions and finishing jobs also take, so nothing referenced is ever removed,
+    even by a gc racing a submission.
+    """
+    from streamlearn.retention import gc
+    from streamlearn.storage import human_bytes
+
+    report = gc(dry_run=dry_run, grace=grace)
+    if as_json:
+        echo_json(report)
+        return
+    verb = "would remove" if dry_run else "removed"
+    for item in report["removed"]:
+        click.echo(f"{verb} {item['key']} ({item['bytes']:,} bytes)")
+    click.echo(f"{report['store']}: {report['scanned']} file(s) older than {grace:g} s, {report['kept']} referenced; "
+               f"{verb} {len(report['removed'])}, {human_bytes(report['bytes_freed'])}"
+               + (" would be freed" if dry_run else " freed"))

@@ -21,8 +21,13 @@ STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 @click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True,
               help="Show the newest N jobs.")
 @click.option("--all", "show_all", is_flag=True, help="Show every job (overrides --limit).")
+@click.option("--after", help="Only jobs older than this job (keyset paging: give the last job id shown).")
+@click.option("--name-like", metavar="PATTERN",
+              help="Only jobs of task names matching this SQL LIKE pattern: '%' any run of characters, "
+                   "'_' one character (e.g. 'sst%').")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per job, newest first.")
-def jobs_command(status: str | None, limit: int, show_all: bool, as_json: bool) -> None:
+def jobs_command(status: str | None, limit: int, show_all: bool, after: str | None, name_like: str | None,
+                 as_json: bool) -> None:
     """List jobs, newest first: id, task, status, attempts, progress, worker, created_at.
 
     A running job whose heartbeat is older than STREAMLEARN_HEARTBEAT_TIMEOUT is marked `stale`,
@@ -33,7 +38,8 @@ def jobs_command(status: str | None, limit: int, show_all: bool, as_json: bool) 
     from streamlearn.recovery import idle_queue_warning, stale_heartbeat
 
     with session_scope(readonly=True) as s:
-        rows = list_jobs(s, status, limit=None if show_all else limit, newest_first=True)
+        rows = list_jobs(s, status, limit=None if show_all else limit, after=after, name_like=name_like,
+                         newest_first=True)
         total = count_jobs(s, status)
         warning = idle_queue_warning(s)
     stale = {r["job_id"]: note for r in rows if (note := stale_heartbeat(r))}

@@ -46,10 +46,14 @@ def worker(concurrency: int, queues: str | None, loglevel: str, pool: str) -> No
         raise click.UsageError("--pool solo runs one job at a time; use --concurrency 1 or --pool prefork")
     # The CLI is the entry point of both sides, so it may start the worker package; nothing else
     # in streamlearn/ imports it.
+    from streamlearn.artifacts import ArtifactStore
+
+    # A missing bucket or wrong credentials stop the worker now, in one line, not at its first job.
+    ArtifactStore(settings.artifacts).objects.check()
     workers_app = importlib.import_module("workers.app")
     click.echo(
         f"streamlearn worker: broker {mask_url(settings.broker_url)}, catalogue {mask_url(settings.database_url)}, "
-        f"artifacts {settings.artifacts}, pool {pool} x{concurrency}",
+        f"artifacts {mask_url(str(settings.artifacts))}, pool {pool} x{concurrency}",
         err=True,
     )
     workers_app.app.worker_main([
@@ -223,7 +227,7 @@ def _print_task_row(task: str) -> None:
     from streamlearn.catalogue.session import session_scope
 
     with session_scope(readonly=True) as s:
-        rows = [r for r in task_table(s) if r["task"] == task]
+        rows = task_table(s, name=task)
     if not rows:
         return
     r = rows[0]
