@@ -12,7 +12,36 @@ from pathlib import Path
 
 from bench import machine as machine_info
 from bench.interval import t_interval
-from bench.paper_table import CHECK_GRID, FIRST_PROTOCOL_RATIO, METHODS, PAPER, TARGETS, run_collapsed, selected_lr
+from bench.paper_table import FIRST_PROTOCOL_RATIO, METHODS, PAPER, TARGETS, ranked_lrs, run_collapsed, selected_lr
+
+
+def check_view(data: dict) -> dict:
+    """The learning-rate check as the runs show it: ranks from the selection seed, and the rates the table ran.
+
+    `ranked[m]` orders the check task's grid by the selection seed's validation accuracy (the stored
+    ranking may have been computed before that rule); `per_task[m]` holds the rates the other tasks
+    actually ran for m at the selection seed (the check's best when the table was made), ordered by
+    `ranked`; `extended[m]` lists the rates a later grid extension ranked above them, which the other
+    tasks never ran.
+    """
+    stored = data.get("lr_check") or {}
+    if not stored:
+        return {}
+    seed = (data.get("plan", {}).get("seeds") or [0])[0]
+    task = stored["task"]
+    view = {"task": task, "grid": stored["grid"], "ranked": {}, "chosen": {}, "per_task": {}, "extended": {}}
+    n_keep = max((len(v) for v in (stored.get("per_task") or {}).values()), default=1)
+    for m, grid in stored["grid"].items():
+        runs = [r for r in data["runs"] if r["task"] == task and r["method"] == m and r["seed"] == seed]
+        ranked = [lr for lr in ranked_lrs(runs) if any(abs(lr - g) <= 1e-12 * g for g in grid)]
+        if not ranked:
+            continue
+        ran = {r["lr"] for r in data["runs"] if r["task"] != task and r["method"] == m and r["seed"] == seed}
+        table = [lr for lr in ranked if any(abs(lr - x) <= 1e-12 * lr for x in ran)] or ranked[:n_keep]
+        view["ranked"][m], view["per_task"][m] = ranked, table
+        view["chosen"][m] = table[0] if ran else ranked[0]
+        view["extended"][m] = [lr for lr in ranked[: ranked.index(table[0])]] if table[0] in ranked else []
+    return view
 
 
 def table_rows(data: dict, single_lr: bool = False, only_seed: int | None = None) -> dict[tuple[str, str], dict]:
@@ -24,7 +53,7 @@ def table_rows(data: dict, single_lr: bool = False, only_seed: int | None = None
     """
     runs = [r for r in data["runs"] if only_seed is None or r["seed"] == only_seed]
     selection_seed = (data.get("plan", {}).get("seeds") or [0])[0]
-    check = data.get("lr_check") or {}
+    check = check_view(data)
     per_task = check.get("per_task") or {m: [lr] for m, lr in (check.get("chosen") or {}).items()}
     if single_lr:
         per_task = {m: [lr] for m, lr in (check.get("chosen") or {}).items()}
@@ -176,7 +205,7 @@ def render(data: dict, docs_dir: Path) -> str:
     out.append(f"Last updated {data.get('updated_at', '?')}.")
     out += ["", "## Protocol (fixed before the seeded runs) and its history", ""]
     cap = lambda n: "all" if not n else f"at most {n:,}"  # noqa: E731
-    per_task = (data.get("lr_check") or {}).get("per_task") or {}
+    per_task = check_view(data).get("per_task") or {}
     out.append(f"- **Seed {seeds[0]}, every method.** A learning-rate check on `{(data.get('lr_check') or {}).get('task', '?')}` "
                "(the grid below); then every task runs each method's "
                + (f"{max(len(v) for v in per_task.values())} best rates of the check" if per_task else "rate")
@@ -363,7 +392,7 @@ def _provenance(data: dict) -> list[str]:
 
 
 def _render_lr_check(data: dict) -> list[str]:
-    chk = data["lr_check"]
+    chk = check_view(data)
     per_task = chk.get("per_task") or {m: [lr] for m, lr in chk["chosen"].items()}
     n_keep = max(len(v) for v in per_task.values())
     selection_seed = (data.get("plan", {}).get("seeds") or [0])[0]
@@ -382,11 +411,28 @@ def _render_lr_check(data: dict) -> list[str]:
                 rank = next((i for i, x in enumerate(per_task[m]) if abs(x - lr) <= 1e-12 * lr), None)
                 edge = rank is not None and lr in (min(grid), max(grid))
                 mark = "" if rank is None else ("**best**" if rank == 0 else f"rank {rank + 1}") + (" (edge of the grid)" if edge else "")
+                if any(abs(x - lr) <= 1e-12 * lr for x in chk["extended"].get(m, [])):
+                    mark = "ranked above the kept rates; found after the table ran, not run on the other tasks"
                 out.append(f"| {m} | {lr:g} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['best_epoch']} | {losses} | {mark} |")
-    if all(tuple(g) == CHECK_GRID.get(m) for m, g in chk["grid"].items()):
-        out += ["", "The first check used each method's default lr ÷3, ×1 and ×3 and chose the top of that grid for every "
-                "method (with about 100 optimizer steps, higher rates win), so the grid was extended upwards one ×3 step "
-                "at a time until its top no longer won; every run of that search is in the table above."]
+    top = [m for m, r in chk["ranked"].items() if r and abs(r[0] - max(chk["grid"][m])) <= 1e-12 * r[0]]
+    tied = [m for m, r in chk["ranked"].items() if len(r) > 1 and abs(max(chk["grid"][m]) - r[1]) <= 1e-12 * r[1]
+            and _val(runs, m, r[0]) == _val(runs, m, r[1])]
+    settled = [m for m in chk["ranked"] if m not in top + tied]
+    out += ["", "The first check used each method's default lr ÷3, ×1 and ×3 and chose the top of that grid for every "
+            "method (with about 100 optimizer steps, higher rates win), so the grid was extended upwards one ×3 step at a "
+            "time until its top neither won nor tied; every run of that search is in the table above. "
+            + (f"Settled that way: {', '.join(settled)}." if settled else "")]
+    for m in top + tied:
+        out += ["", f"**{m}: the grid does not bracket the best rate yet.** Its top rate {max(chk['grid'][m]):g} "
+                + ("wins" if m in top else "ties the best") + " on validation, so the search must go on (the next ×3 "
+                f"step) before {m}'s rate is settled."]
+    for m, ext in chk["extended"].items():
+        if ext:
+            out += ["", f"**{m}: the table uses rates the extended check no longer ranks first.** "
+                    + ", ".join(f"{lr:g} (val {_val(runs, m, lr):.4f})" for lr in ext)
+                    + f" beat the rates the table ran ({', '.join(f'{lr:g}' for lr in per_task[m])}; best val "
+                    f"{_val(runs, m, per_task[m][0]):.4f}) on `{chk['task']}`. The other tasks were not rerun at the new "
+                    f"rate for lack of CPU time, so {m}'s column is at the earlier rates and may understate {m}."]
     if n_keep > 1:
         rows = table_rows(data)
         second = sorted(f"`{t}` ({m} {r['lr']:g})" for (t, m), r in rows.items()
@@ -395,6 +441,12 @@ def _render_lr_check(data: dict) -> list[str]:
                 "of stability on one task can fail on another (a run that never leaves the majority class). Tasks where "
                 "a rate other than the check's best won on validation: " + (", ".join(second) or "none") + "."]
     return out
+
+
+def _val(runs: list[dict], method: str, lr: float) -> float:
+    """Mean validation accuracy of one method's runs at one rate (the check task's selection-seed runs)."""
+    vals = [r["val_accuracy"] for r in runs if r["method"] == method and abs(r["lr"] - lr) <= 1e-12 * lr]
+    return statistics.fmean(vals) if vals else float("nan")
 
 
 def plot(rows: dict, s: dict, bb: dict, path: Path) -> None:

@@ -343,7 +343,9 @@ def execute(args, store: ResultStore, backbone) -> None:
                     _report(tag, run)
         if task == args.lr_check and chosen is None:
             grid = {m: lrs_for(m, args, None, task) for m in args.methods}
-            ranked = {m: [lr for lr in ranked_lrs([r for r in store.data["runs"] if r["task"] == task and r["method"] == m])
+            # Only the selection seed ranks the check's rates: seeds repeated later cannot move the choice.
+            ranked = {m: [lr for lr in ranked_lrs([r for r in store.data["runs"] if r["task"] == task and r["method"] == m
+                                                   and r["seed"] == args.seed_list[0]])
                           if any(abs(lr - g) <= 1e-12 * g for g in grid[m])] for m in args.methods}
             chosen = {m: tuple(ranked[m][: args.task_lrs]) for m in args.methods}
             # Merged per method, so a later run of some methods keeps the other methods' check.
