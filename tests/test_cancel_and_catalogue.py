@@ -258,8 +258,8 @@ def test_no_worker_hint_goes_to_stderr_when_piped(isolated_home) -> None:
     job_id = _job()
     with session_scope() as s:
         s.get(Job, job_id).enqueued_at = utcnow() - timedelta(seconds=60)
-    for command in (["status", job_id], ["jobs"]):
-        result = CliRunner().invoke(main, command)
+    for args in (["status", job_id], ["jobs"]):
+        result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output
         assert "is a worker running? Start one with `streamlearn worker`" in result.stderr
         assert "is a worker running" not in result.stdout

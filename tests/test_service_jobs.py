@@ -252,3 +252,16 @@ def test_worker_task_retries_transient_errors_and_not_user_errors(isolated_home,
     monkeypatch.setattr(pipeline, "run_task", user_error)
     assert tasks.train.run("job-1") is None
     assert tasks.backoff(0) == 2 and tasks.backoff(10) == 64
+
+
+def test_submission_fields_are_the_config_dataclasses_fields():
+    """`SubmitRequest`'s method and training fields are exactly MethodConfig's and TrainConfig's, and unknown options are refused."""
+    from streamlearn.errors import InvalidConfig
+    from streamlearn.methods import MethodConfig
+    from streamlearn.submission import METHOD_FIELDS, TRAIN_FIELDS, SubmitRequest
+    from streamlearn.training import TrainConfig
+
+    assert set(METHOD_FIELDS) == set(MethodConfig().to_dict())
+    assert set(TRAIN_FIELDS) == set(TrainConfig().to_dict())
+    with pytest.raises(InvalidConfig, match="unknown submission options: colour"):
+        SubmitRequest.from_options("x.jsonl", colour="red")

@@ -455,7 +455,7 @@ def test_backbone_changed_during_a_job_fails_it_loudly_and_the_worker_refuses_la
     """One weight of the resident backbone altered mid-training: that job fails naming the change, nothing is stored, and the next job is refused unclaimed."""
     import torch
 
-    from streamlearn import jobs, pipeline
+    from streamlearn import pipeline
     from streamlearn.catalogue.queries import job_status
     from streamlearn.catalogue.session import session_scope
     from streamlearn.data import DataSpec
@@ -520,7 +520,7 @@ def test_reconcile_requeues_a_stale_heartbeat_only_when_its_worker_may_be_gone(i
     """A missed heartbeat of a live worker on this host (a database outage) is not a crash; one from another host is."""
     from datetime import timedelta
 
-    from streamlearn import jobs, recovery
+    from streamlearn import recovery
     from streamlearn.catalogue import records
     from streamlearn.catalogue.models import Job, utcnow
     from streamlearn.catalogue.session import session_scope
