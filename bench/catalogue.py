@@ -295,7 +295,7 @@ def render(data: dict) -> str:
     per_task = sum(t["bytes"] for t in big["tables"].values()) / big["tasks"]
     lines += ["", f"All tables together: **{per_task:,.0f} bytes per task** at K = {big['tasks']:,} "
                   "(2 jobs, 1 artifact, 6 metrics each). `docs/CAPACITY.md` builds on this figure.", "",
-              f"Bulk fill times: " + ", ".join(f"K = {s['tasks']:,} in {s['populate_s']:.1f} s" for s in sizes) + ".", ""]
+              "Bulk fill times: " + ", ".join(f"K = {s['tasks']:,} in {s['populate_s']:.1f} s" for s in sizes) + ".", ""]
     return "\n".join(lines)
 
 

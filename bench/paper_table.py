@@ -228,7 +228,7 @@ def expected_shapes(backbone, method_cfg, classes: int) -> dict[str, tuple[int, 
     head; full: every backbone weight and the head. Independent of the engine's parts, so a stored
     tensor too many or too few, or one of the wrong shape, makes the comparison fail.
     """
-    arch, n, d, m = backbone.arch, backbone.info.layers, backbone.info.hidden, method_cfg.adapter_size
+    n, d, m = backbone.info.layers, backbone.info.hidden, method_cfg.adapter_size
     drop = getattr(method_cfg, "drop_layers", 0)
     out: dict[str, tuple[int, ...]] = {"head.weight": (classes, d), "head.bias": (classes,)}
 

@@ -49,11 +49,9 @@ def run_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    from streamlearn.catalogue.session import make_engine
-
     # The catalogue's own engine settings: SQLite's folder is created, and BEGIN IMMEDIATE holds
     # the write lock for the whole migration.
-    from streamlearn.catalogue.session import migration_transaction
+    from streamlearn.catalogue.session import make_engine, migration_transaction
 
     engine = make_engine(_url())
     try:

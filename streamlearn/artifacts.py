@@ -234,7 +234,7 @@ class ArtifactStore:
         from streamlearn.cache import read_cache
 
         cache = read_cache()
-        for key, suffix in ((gzipped, ".jsonl.gz"),) if gz else ((plain, ".jsonl"), (gzipped, ".jsonl.gz")):
+        for _key, suffix in ((gzipped, ".jsonl.gz"),) if gz else ((plain, ".jsonl"), (gzipped, ".jsonl.gz")):
             hit = cache.cached(sha256, suffix)
             if hit is not None:
                 return hit

@@ -21,6 +21,7 @@ the heartbeat reconcile like any job, and its sweep waits for it.
 from __future__ import annotations
 
 import logging
+
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, aliased
 
@@ -29,7 +30,7 @@ from streamlearn.artifacts import ArtifactStore
 from streamlearn.catalogue import queries, records
 from streamlearn.catalogue.models import Artifact, Job, JobKind, JobStatus, Metric
 from streamlearn.catalogue.session import session_scope
-from streamlearn.data import DataSpec, Dataset
+from streamlearn.data import Dataset, DataSpec
 from streamlearn.errors import BrokerUnavailable, StreamlearnError
 from streamlearn.settings import get_settings
 from streamlearn.sweep import SweepSpec, TrialResult, choose

@@ -11,8 +11,8 @@ import torch
 from streamlearn import pipeline, predictor
 from streamlearn.artifacts import ArtifactStore, read_artifact, write_artifact
 from streamlearn.backbone import load_backbone
-from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig
 from streamlearn.engine.loading import loaded_from_parts, parts_from_tensors
+from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig
 from streamlearn.methods import MethodConfig
 from streamlearn.sidecar import ArtifactMetadata
 from streamlearn.training import TrainConfig

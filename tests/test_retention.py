@@ -4,15 +4,14 @@ and `delete TASK` removes the task's rows and the files no other task uses."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
+from conftest import tiny_rows, write_jsonl
 from sqlalchemy import func, select, update
 
-from conftest import tiny_rows, write_jsonl
-import threading
-
-from streamlearn import jobs, pipeline, retention
+from streamlearn import pipeline, retention
 from streamlearn.artifacts import ArtifactStore
 from streamlearn.catalogue.models import Artifact, Job, Metric, Task
 from streamlearn.catalogue.session import session_scope

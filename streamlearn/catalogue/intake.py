@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from streamlearn.catalogue.models import Backbone, Job, JobKind, JobStatus, Task, utcnow
 from streamlearn import names
+from streamlearn.catalogue.models import Backbone, Job, JobKind, JobStatus, Task, utcnow
 from streamlearn.errors import InvalidConfig, UnknownJob, UnknownTask
 
 TASK_NAME = names.TASK_NAME

@@ -80,7 +80,10 @@ def test_s3_submit_train_predict_gc_delete_with_no_shared_folder(scale_env, moto
 
 
 def test_s3_store_killed_mid_job_and_restarted_job_finishes_once(service_env, moto_server, workers, tmp_path):  # noqa: F811
-    """The store dies while the job trains and comes back empty: the upload is retried with backoff, one object per key, no partial object, one success, no retraining."""
+    """The store dies while the job trains and comes back empty: the upload is retried with backoff.
+
+    One object per key, no partial object, one success, no retraining.
+    """
     server = moto_server()
     env = {**service_env, **server.env(), "STREAMLEARN_CACHE_DIR": str(tmp_path / "cache")}
     workers.start(env)
@@ -118,7 +121,10 @@ def job_logs_within(workers, pattern: str, timeout: float) -> bool:
 
 
 def test_s3_wrong_credentials_or_missing_bucket_refused_at_submit_and_worker_start(service_env, moto_server, tmp_path):  # noqa: F811
-    """Bad credentials and a missing bucket stop `submit-task` (nothing recorded, queued or stored) and `worker` with one line each; the secret is never printed."""
+    """Bad credentials and a missing bucket stop `submit-task` and `worker` with one line each.
+
+    Nothing is recorded, queued or stored, and the secret is never printed.
+    """
     server = moto_server(auth=True)
     files = task_files(tmp_path / "data", "refused", seed=3)
     cases = {
