@@ -19,7 +19,7 @@ import time
 
 from streamlearn.errors import StreamlearnError
 
-log = logging.getLogger("streamlearn.worker")
+log = logging.getLogger(__name__)
 
 
 class JobSuperseded(RuntimeError):

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # these import torch; `submit` (and so `submit-task`) must st
     from streamlearn.methods import MethodConfig
     from streamlearn.training import TrainConfig
 
-log = logging.getLogger("streamlearn.worker")
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Submission:

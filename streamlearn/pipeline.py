@@ -172,7 +172,7 @@ def save(result: FitResult, path: str | Path) -> ArtifactInfo:
 # backbone -> fit -> artifact -> catalogue), which a worker calls and which is idempotent.
 # --------------------------------------------------------------------------------------------
 
-log = logging.getLogger("streamlearn.worker")
+log = logging.getLogger(__name__)
 
 
 def submit_task(

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from streamlearn.artifacts import ArtifactStore, remove_stale_temps
 from streamlearn.settings import Settings, get_settings
 
-log = logging.getLogger("streamlearn.worker")
+log = logging.getLogger(__name__)
 
 PROCESSED_MAX_AGE = 3600.0
 """Seconds a consumed message file of the embedded broker is kept before a worker deletes it."""

@@ -35,7 +35,7 @@ from streamlearn.errors import BrokerUnavailable, StreamlearnError
 from streamlearn.settings import get_settings
 from streamlearn.sweep import SweepSpec, TrialResult, choose
 
-log = logging.getLogger("streamlearn.worker")
+log = logging.getLogger(__name__)
 
 ENDED = records.ENDED
 

@@ -20,7 +20,7 @@ import threading
 
 from celery import signals
 
-log = logging.getLogger("streamlearn.worker")
+log = logging.getLogger(__name__)
 
 _reconciler: threading.Thread | None = None
 _stop = threading.Event()

@@ -26,7 +26,7 @@ from streamlearn.dispatch import TRAIN_TASK
 from streamlearn.errors import BackboneChanged, CatalogueUnusable, StreamlearnError, TransientError, UnknownJob
 from workers.app import app
 
-log = logging.getLogger("streamlearn.worker")
+log = logging.getLogger(__name__)
 
 EX_SOFTWARE = 70
 """Exit code of a worker stopped because its resident backbone changed (sysexits' internal error)."""
