@@ -39,6 +39,10 @@ TRAIN_FIELDS = ("epochs", "lr", "batch_size", "max_length", "seed", "warmup", "w
                 "store_dtype")
 """The fields of `TrainConfig`, i.e. the training flags of `submit-task` (a test checks both)."""
 
+NEW_METHOD_DEFAULTS = {"drop_layers": 0}
+NEW_TRAIN_DEFAULTS = {"store_dtype": "float32"}
+"""Defaults of the fields added after release 0.1.0 (AdapterDrop depth, stored dtype)."""
+
 SPEC_FIELDS = ("text_field", "label_field", "max_classes", "max_line_bytes", "max_bytes")
 """The `DataSpec` fields a submission may set."""
 
@@ -67,6 +71,9 @@ class SubmitRequest:
     """Make a new job even when an identical one exists."""
 
     def __post_init__(self) -> None:
+        # Fields newer than release 0.1.0 take their defaults when a caller does not give them.
+        object.__setattr__(self, "method", {**NEW_METHOD_DEFAULTS, **self.method})
+        object.__setattr__(self, "train_config", {**NEW_TRAIN_DEFAULTS, **self.train_config})
         for what, given, wanted in (("method", self.method, METHOD_FIELDS), ("train_config", self.train_config,
                                                                               TRAIN_FIELDS)):
             if set(given) != set(wanted):
@@ -85,8 +92,11 @@ class SubmitRequest:
         if unknown:
             raise InvalidConfig(f"unknown submission options: {', '.join(sorted(unknown))}")
         spec = DataSpec(**{k: options[k] for k in SPEC_FIELDS if k in options})
-        return cls(train=train, method={k: options.get(k) for k in METHOD_FIELDS},
-                   train_config={k: options.get(k) for k in TRAIN_FIELDS}, spec=spec, name=name,
+        method = {k: options[k] for k in METHOD_FIELDS if k in options}
+        train_config = {k: options[k] for k in TRAIN_FIELDS if k in options}
+        return cls(train=train, method={**{k: None for k in METHOD_FIELDS if k not in NEW_METHOD_DEFAULTS}, **method},
+                   train_config={**{k: None for k in TRAIN_FIELDS if k not in NEW_TRAIN_DEFAULTS}, **train_config},
+                   spec=spec, name=name,
                    validation=validation, test=test, sweep=sweep, force=force)
 
 
