@@ -148,3 +148,24 @@ def test_cache_settings_are_validated_from_the_environment(monkeypatch):
     monkeypatch.setenv("STREAMLEARN_LAYER_CACHE_DTYPE", "int8")
     with pytest.raises(InvalidConfig, match="int8"):
         CacheConfig.from_env()
+
+
+def test_train_cli_uses_the_cache_and_its_budget_flag_turns_it_off(isolated_home, tiny_task_files, tiny_backbone_dir, tmp_path):
+    """`train --drop-lower 1 --json` reports one cached layer; `--layer-cache-bytes 0` reports none, same accuracy."""
+    import json
+
+    from click.testing import CliRunner
+
+    from streamlearn.cli import main
+
+    summaries = []
+    for extra in ([], ["--layer-cache-bytes", "0"]):
+        args = ["train", str(tiny_task_files["train"]), "--validation", str(tiny_task_files["validation"]),
+                "--test", str(tiny_task_files["test"]), "--epochs", "1", "--lr", "1e-2", "--adapter-size", "8",
+                "--max-length", "32", "--drop-lower", "1", "--backbone", tiny_backbone_dir,
+                "--output", str(tmp_path / f"out{len(extra)}"), "--json", *extra]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        summaries.append(json.loads(result.stdout))
+    assert [s["cached_layers"] for s in summaries] == [1, 0]
+    assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
