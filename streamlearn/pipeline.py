@@ -23,7 +23,8 @@ from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, re
 from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
 from streamlearn.catalogue import records
-from streamlearn.data import DataSpec, Dataset, Example, file_sha256
+from streamlearn.data import Dataset, DataSpec, Example, file_sha256
+from streamlearn.engine.loading import cast_like_stored
 from streamlearn.errors import (
     ArtifactCorrupt,
     ArtifactWriteFailed,
@@ -34,10 +35,9 @@ from streamlearn.errors import (
 )
 from streamlearn.heartbeat import Heartbeat, JobSuperseded
 from streamlearn.layercache import CacheConfig, cached_training
-from streamlearn.engine.loading import cast_like_stored
 from streamlearn.methods import MethodConfig, build_parts, default_lr
-from streamlearn.sidecar import ArtifactMetadata
 from streamlearn.settings import get_settings
+from streamlearn.sidecar import ArtifactMetadata
 from streamlearn.sweep import SweepSpec
 from streamlearn.training import Metrics, Progress, TrainConfig, evaluate
 

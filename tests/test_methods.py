@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from streamlearn.backbone import Backbone, BackboneInfo, fingerprint
-from streamlearn.errors import InvalidConfig
 from streamlearn.engine import TaskModel, encoder
 from streamlearn.engine.sites import Route, Site, routed
+from streamlearn.errors import InvalidConfig
 from streamlearn.methods import MethodConfig, Shape, build_parts, default_lr, parameter_count, shape_of
 
 

@@ -79,3 +79,14 @@ def test_plot_refuses_an_empty_report(tmp_path: Path) -> None:
     """There is nothing to draw without tasks, and plot() says so."""
     with pytest.raises(ValueError, match="no tasks"):
         storage.plot(storage.build_report([]), tmp_path / "x.png")
+
+
+def test_law_follows_each_tasks_drop_lower_depth_and_stored_dtype() -> None:
+    """A task stored as float16 with drop-lower 2 is held to the law at N = 2 and 2 bytes per parameter."""
+    import dataclasses
+
+    half = dataclasses.replace(_stored("half", 1_000), drop_layers=2, dtype="float16")
+    assert half.theoretical_bytes == storage.task_params(6, 384, 64, 2, 2) * 2
+    assert _stored("plain", 1_000).theoretical_bytes == 605_954 * 4
+    report = storage.build_report([half])
+    assert report["theoretical_total_bytes"] == half.theoretical_bytes

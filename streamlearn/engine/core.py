@@ -17,7 +17,7 @@ from torch import nn
 
 from streamlearn.batches import Batches
 from streamlearn.data import Example
-from streamlearn.engine import encoder, sites
+from streamlearn.engine import encoder
 from streamlearn.engine.loading import LoadedTask
 from streamlearn.engine.parts import TaskParts
 from streamlearn.engine.sites import prepare
@@ -96,7 +96,8 @@ class Engine:
     def _resolve(table: Mapping[str, LoadedTask], names: Sequence[str]) -> dict[str, LoadedTask]:
         missing = [n for n in dict.fromkeys(names) if n not in table]
         if missing:
-            raise UnknownTask(f"task {missing[0]!r} is not resident" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            more = f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UnknownTask(f"task {missing[0]!r} is not resident{more}")
         return {n: table[n] for n in dict.fromkeys(names)}
 
     def logits(self, items: Sequence[Item], batch_size: int = 64) -> list[torch.Tensor]:
