@@ -90,7 +90,8 @@ def provenance() -> dict:
     """The commit the benchmark ran at and whether the working tree had uncommitted changes."""
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=task_data.REPO).stdout
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=task_data.REPO,
+                                  check=False).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
     return {"commit": git("rev-parse", "HEAD").strip() or "unknown",
@@ -236,8 +237,8 @@ def part_parallel(args, backbone, engine) -> dict:
         names = [f"par{drop}-{i}" for i in range(k)]
         for i, name in enumerate(names):
             engine.attach(name, random_task(backbone, name, 2 + i % 3, drop, 100 + i, args))
-        one = timed(lambda: engine.classify(texts, None, names), args.repeats)
-        single = timed(lambda: [engine.classify(texts, None, [n]) for n in names], args.repeats)
+        one = timed(lambda names=names: engine.classify(texts, None, names), args.repeats)
+        single = timed(lambda names=names: [engine.classify(texts, None, [n]) for n in names], args.repeats)
         ceiling = layers * k / (drop + (layers - drop) * k)
         speedup = single["cpu_s"] / one["cpu_s"]
         out["by_drop"][str(drop)] = {"parallel": one, "single_calls": single, "speedup_cpu": speedup,
@@ -260,11 +261,12 @@ def part_mixed(args, backbone, engine) -> dict:
     out = {"rows": len(texts), "batch_size": 64, "sides": {}}
     for k in (1, 10, 50):
         items = [Item(names[r % k], t) for r, t in enumerate(texts)]
-        mixed = timed(lambda: engine.logits(items, batch_size=64), args.repeats)
+        mixed = timed(lambda items=items: engine.logits(items, batch_size=64), args.repeats)
         out["sides"][f"mixed K={k}"] = {**mixed, "rows_per_cpu_s": len(items) / mixed["cpu_s"]}
         if k > 1:
             by_task = {n: [i for i in items if i.task == n] for n in names[:k]}
-            switch = timed(lambda: [engine.logits(rows, batch_size=64) for rows in by_task.values()], args.repeats)
+            switch = timed(lambda by_task=by_task: [engine.logits(rows, batch_size=64) for rows in by_task.values()],
+                           args.repeats)
             out["sides"][f"switch K={k}"] = {**switch, "rows_per_cpu_s": len(items) / switch["cpu_s"]}
         print(f"mixed K={k}: {out['sides'][f'mixed K={k}']['rows_per_cpu_s']:.1f} rows/cpu-s", flush=True)
     for name in names:
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.results) if args.results else docs / "results" / "multitask.json"
     if args.report_only:
         data = json.loads(path.read_text())
-        for other in map(lambda f: json.loads(Path(f).read_text()), args.merge):
+        for other in (json.loads(Path(f).read_text()) for f in args.merge):
             if other["settings"] != data["settings"]:
                 raise SystemExit(f"--merge: a record made under other settings ({other['settings']})")
             data["accuracy"] += [r for r in other.get("accuracy", []) if (r["task"], r["drop"]) not in
