@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
                    help="With --report-only: first add the accuracy runs of other records made under the same settings "
                         "(parts run by separate processes).")
+    p.add_argument("--note", help="With --report-only: a paragraph the document states (e.g. how the protocol was shrunk).")
     return p.parse_args(argv)
 
 
@@ -329,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                                  {(a["task"], a["drop"]) for a in data["accuracy"]}]
             data["accuracy_plan"] = other.get("accuracy_plan", data.get("accuracy_plan"))
             data.setdefault("merged", []).append({"provenance": other.get("provenance"), "command": other.get("command")})
-        if args.merge:
+        if args.note:
+            data["timing_note"] = args.note
+        if args.merge or args.note:
             path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         (docs / "MULTITASK.md").write_text(render(data), encoding="utf-8")
         return 0
