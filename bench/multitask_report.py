@@ -176,13 +176,13 @@ def render(data: dict) -> str:
             "by a varying factor but not a process's own CPU time. Wall-clock values are kept in the JSON.",
             "- The speed parts (Parallel, mixed) use tasks built by the adapter method with seeded random values "
             "(the same parts and shapes as trained ones: the compute does not depend on the values).", ""]
-    note = data.get("timing_note")
-    if note:
-        head += ["## How the protocol was shrunk", "", note, ""]
-    body = _accuracy(data) + _parallel(data) + _mixed(data) + _cache(data) + _half(data)
     for m in data.get("merged", []):
         head.insert(-1, f"- The accuracy runs were made by a second process of the same benchmark at commit "
                         f"`{(m.get('provenance') or {}).get('commit', 'unknown')}` (working tree "
                         f"{'dirty' if (m.get('provenance') or {}).get('dirty') else 'clean'}): `{m.get('command')}`, "
                         "run at the same time as this one; their records were merged (`--report-only --merge`).")
+    note = data.get("timing_note")
+    if note:
+        head += ["## How the protocol was shrunk", "", note, ""]
+    body = _accuracy(data) + _parallel(data) + _mixed(data) + _cache(data) + _half(data)
     return "\n".join(head + body)
