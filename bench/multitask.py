@@ -37,8 +37,7 @@ from bench import machine as machine_info
 from bench import tasks as task_data
 from bench.multitask_report import render
 
-DROPS = (0, 1, 2, 3)
-SETTING_KEYS = ("train_cap", "val_cap", "max_length", "epochs", "batch_size", "adapter_size", "seed",
+SETTING_KEYS = ("train_cap", "val_cap", "max_length", "epochs", "batch_size", "adapter_size", "seed", "drops",
                 "backbone_fingerprint")
 
 
@@ -54,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--adapter-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drops", default="0,1,2,3", help="AdapterDrop depths N to compare (comma-separated).")
+    p.add_argument("--lr", type=float, help="One learning rate for every task (default: each task's from paper_table.json).")
+    p.add_argument("--backbone", help="Backbone directory (default: the packaged all-MiniLM-L6-v2).")
     p.add_argument("--parts", nargs="+", default=["cache", "parallel", "mixed", "accuracy"],
                    choices=["cache", "parallel", "mixed", "accuracy"], help="Parts to run, in this order.")
     p.add_argument("--texts", type=int, default=512, help="Texts of the Parallel part.")
@@ -74,7 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="With --report-only: first add the accuracy runs of other records made under the same settings "
                         "(parts run by separate processes).")
     p.add_argument("--note", help="With --report-only: a paragraph the document states (e.g. how the protocol was shrunk).")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.drops = tuple(int(n) for n in args.drops.split(","))
+    return args
 
 
 def adapter_lrs(docs_dir: Path) -> dict[str, float]:
@@ -239,7 +243,7 @@ def part_parallel(args, backbone, engine) -> dict:
     engine.attach("warm-up", warm)
     engine.classify(texts, None, ["warm-up"])  # first-call costs (allocator, kernels) out of the timings
     engine.detach("warm-up")
-    for drop in DROPS:
+    for drop in args.drops:
         names = [f"par{drop}-{i}" for i in range(k)]
         for i, name in enumerate(names):
             engine.attach(name, random_task(backbone, name, 2 + i % 3, drop, 100 + i, args))
@@ -284,27 +288,28 @@ def part_mixed(args, backbone, engine) -> dict:
 
 
 def part_cache(args, backbone, lrs: dict[str, float], task: str) -> dict:
-    """Fit time with N = 3 and the lower-layer cache vs N = 0, at the protocol's epochs and at --long-epochs."""
+    """Fit time with N = 3 (at most L) and the lower-layer cache vs N = 0, at --epochs and at --long-epochs."""
     from streamlearn import layercache
     from streamlearn.data import Dataset
     from streamlearn.pipeline import fit
 
-    out = {"task": task, "runs": []}
+    drop = min(3, backbone.info.layers)
+    out = {"task": task, "drop": drop, "runs": []}
     for epochs, cap, val_cap in ((args.epochs, args.cache_cap, args.cache_val_cap),
                                  (args.long_epochs, args.long_cap, args.long_cap // 2)):
         ds = task_data.load(args.data_dir, task, cap, val_cap, 0, args.seed)
         ds = Dataset(ds.train, ds.validation, [], ds.labels, dict(ds.files))
         row = {"epochs": epochs, "train": len(ds.train), "validation": len(ds.validation)}
-        for side, drop, cache in (("N=0", 0, None), ("N=3 no cache", 3, layercache.CacheConfig(budget_bytes=0)),
-                                  ("N=3 cache", 3, None)):
+        for side, n, cache in (("N=0", 0, None), ("no cache", drop, layercache.CacheConfig(budget_bytes=0)),
+                               ("cache", drop, None)):
             layercache.release()  # each side builds its own cache: the cost of one job
-            method_cfg, train_cfg = _configs(args, drop, lrs[task], epochs)
+            method_cfg, train_cfg = _configs(args, n, lrs[task], epochs)
             start = _clock()
             result = fit(ds, method_cfg, train_cfg, backbone, cache=cache)
             row[side] = {**_since(start), "cached_layers": result.cached_layers, "val_accuracy": result.val.accuracy}
             print(f"cache {epochs} epochs {side}: {row[side]['cpu_s']:.1f} cpu-s", flush=True)
-        row["speedup_cpu"] = row["N=0"]["cpu_s"] / row["N=3 cache"]["cpu_s"]
-        row["speedup_no_cache_cpu"] = row["N=0"]["cpu_s"] / row["N=3 no cache"]["cpu_s"]
+        row["speedup_cpu"] = row["N=0"]["cpu_s"] / row["cache"]["cpu_s"]
+        row["speedup_no_cache_cpu"] = row["N=0"]["cpu_s"] / row["no cache"]["cpu_s"]
         out["runs"].append(row)
     return out
 
@@ -342,16 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     from streamlearn.engine import Engine
 
     torch.set_num_threads(args.threads)
-    backbone = load_backbone(None, device="cpu")
+    backbone = load_backbone(args.backbone, device="cpu")
     engine = Engine(backbone)
-    settings = {k: getattr(args, k) for k in SETTING_KEYS if hasattr(args, k)}
+    settings = {k: list(v) if isinstance(v, tuple) else v for k in SETTING_KEYS if hasattr(args, k)
+                for v in [getattr(args, k)]}
     settings["backbone_fingerprint"] = backbone.info.fingerprint
     results = Results(path, settings)
     results.data.update(machine=machine_info.describe(backbone.device), provenance=provenance(),
                         backbone={k: getattr(backbone.info, k) for k in ("name", "fingerprint", "layers", "hidden", "params")},
                         command="python -m bench.multitask " + shlex.join(argv if argv is not None else sys.argv[1:]))
-    lrs = adapter_lrs(docs)
     tasks = task_data.discover(args.data_dir, args.tasks)
+    lrs = {t: args.lr for t in tasks} if args.lr else adapter_lrs(docs)
     work = Path(args.work)
     for part in args.parts:
         if part == "cache":
@@ -361,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "mixed":
             results.data["mixed"] = part_mixed(args, backbone, engine)
         elif part == "accuracy":
-            results.data["accuracy_plan"] = {"tasks": tasks, "drops": list(DROPS)}
+            results.data["accuracy_plan"] = {"tasks": tasks, "drops": list(args.drops)}
             for task in tasks:
-                for drop in DROPS:
+                for drop in args.drops:
                     if results.find(task, drop) or _past(args.until):
                         continue
                     record = run_accuracy(args, backbone, engine, task, drop, lrs[task], work)
