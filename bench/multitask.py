@@ -329,12 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         data = json.loads(path.read_text())
         for other in (json.loads(Path(f).read_text()) for f in args.merge):
-            if other["settings"] != data["settings"]:
+            common = set(other["settings"]) & set(data["settings"])
+            if any(other["settings"][k] != data["settings"][k] for k in common):
                 raise SystemExit(f"--merge: a record made under other settings ({other['settings']})")
             data["accuracy"] += [r for r in other.get("accuracy", []) if (r["task"], r["drop"]) not in
                                  {(a["task"], a["drop"]) for a in data["accuracy"]}]
             data["accuracy_plan"] = other.get("accuracy_plan", data.get("accuracy_plan"))
-            data.setdefault("merged", []).append({"provenance": other.get("provenance"), "command": other.get("command")})
+            taken = [part for part in ("parallel", "mixed", "cache") if part in other and part not in data]
+            data.update({part: other[part] for part in taken})
+            data.setdefault("merged", []).append({"provenance": other.get("provenance"), "command": other.get("command"),
+                                                  "parts": taken + (["accuracy"] if other.get("accuracy") else [])})
         if args.note:
             data["timing_note"] = args.note
         if args.merge or args.note:

@@ -189,7 +189,7 @@ def render(data: dict) -> str:
             "- The speed parts (Parallel, mixed) use tasks built by the adapter method with seeded random values "
             "(the same parts and shapes as trained ones: the compute does not depend on the values).", ""]
     for m in data.get("merged", []):
-        head.insert(-1, f"- The accuracy runs were made by a second process of the same benchmark at commit "
+        head.insert(-1, f"- Part(s) {', '.join(m.get('parts', ['accuracy']))} were run by another process of the same benchmark at commit "
                         f"`{(m.get('provenance') or {}).get('commit', 'unknown')}` (working tree "
                         f"{'dirty' if (m.get('provenance') or {}).get('dirty') else 'clean'}): `{m.get('command')}`, "
                         "run at the same time as this one; their records were merged (`--report-only --merge`).")
