@@ -287,7 +287,7 @@ def part_mixed(args, backbone, engine) -> dict:
     return out
 
 
-def part_cache(args, backbone, lrs: dict[str, float], task: str) -> dict:
+def part_cache(args, backbone, lrs: dict[str, float], task: str, results: Results) -> dict:
     """Fit time with N = 3 (at most L) and the lower-layer cache vs N = 0, at --epochs and at --long-epochs."""
     from streamlearn import layercache
     from streamlearn.data import Dataset
@@ -311,6 +311,8 @@ def part_cache(args, backbone, lrs: dict[str, float], task: str) -> dict:
         row["speedup_cpu"] = row["N=0"]["cpu_s"] / row["cache"]["cpu_s"]
         row["speedup_no_cache_cpu"] = row["N=0"]["cpu_s"] / row["no cache"]["cpu_s"]
         out["runs"].append(row)
+        results.data["cache"] = out
+        results.save()  # each comparison is kept as soon as it is measured
     return out
 
 
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     for part in args.parts:
         if part == "cache":
-            results.data["cache"] = part_cache(args, backbone, lrs, tasks[0])
+            results.data["cache"] = part_cache(args, backbone, lrs, tasks[0], results)
         elif part == "parallel":
             results.data["parallel"] = part_parallel(args, backbone, engine)
         elif part == "mixed":
