@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         data = json.loads(path.read_text())
         for other in (json.loads(Path(f).read_text()) for f in args.merge):
-            common = set(other["settings"]) & set(data["settings"])
+            # which depths ran is not how a run was made: records of other --drops merge
+            common = (set(other["settings"]) & set(data["settings"])) - {"drops"}
             if any(other["settings"][k] != data["settings"][k] for k in common):
                 raise SystemExit(f"--merge: a record made under other settings ({other['settings']})")
             data["accuracy"] += [r for r in other.get("accuracy", []) if (r["task"], r["drop"]) not in
