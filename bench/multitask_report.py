@@ -194,7 +194,7 @@ def render(data: dict) -> str:
         head.insert(-1, f"- Part(s) {', '.join(m.get('parts', ['accuracy']))} were run by another process of the same benchmark at commit "
                         f"`{(m.get('provenance') or {}).get('commit', 'unknown')}` (working tree "
                         f"{'dirty' if (m.get('provenance') or {}).get('dirty') else 'clean'}): `{m.get('command')}`, "
-                        "run at the same time as this one; their records were merged (`--report-only --merge`).")
+                        "each in its own process; merged into this record with `--report-only --merge`.")
     note = data.get("timing_note")
     if note:
         head += ["## How the protocol was shrunk", "", note, ""]
