@@ -24,7 +24,6 @@ from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
 from streamlearn.catalogue import records
 from streamlearn.data import Dataset, DataSpec, Example, file_sha256
-from streamlearn.engine import TaskModel
 from streamlearn.engine.loading import cast_like_stored
 from streamlearn.errors import (
     ArtifactCorrupt,
@@ -35,6 +34,7 @@ from streamlearn.errors import (
     TransientError,
 )
 from streamlearn.heartbeat import Heartbeat, JobSuperseded
+from streamlearn.layercache import CacheConfig, cached_training
 from streamlearn.methods import MethodConfig, build_parts, default_lr
 from streamlearn.settings import get_settings
 from streamlearn.sidecar import ArtifactMetadata
@@ -74,6 +74,8 @@ class FitResult:
     """Training throughput."""
     seconds: float
     """Wall time of fit, evaluation included."""
+    cached_layers: int = 0
+    """Lower layers served from the training cache (0: every layer ran every step)."""
 
 
 def _batches(dataset: Dataset, examples: Sequence[Example], backbone: Backbone, cfg: TrainConfig, shuffle: bool) -> Batches:
@@ -96,6 +98,7 @@ def fit(
     backbone: Backbone,
     on_progress: Progress | None = None,
     verify: bool = True,
+    cache: CacheConfig | None = None,
 ) -> FitResult:
     """Train one task's modules on the shared backbone and evaluate them.
 
@@ -107,6 +110,8 @@ def fit(
         on_progress: Called after every step with (epoch, step, total_steps, loss).
         verify: Re-hash the backbone afterwards; a worker passes False because `check_resident`
             re-hashes it after every job anyway (one hash of |w| per job, not two).
+        cache: Budget and dtype of the lower-layer cache (AdapterDrop N); None reads the environment
+            (`STREAMLEARN_LAYER_CACHE_BYTES`, `STREAMLEARN_LAYER_CACHE_DTYPE`).
 
     Returns:
         The FitResult; nothing is written to disk.
@@ -120,7 +125,9 @@ def fit(
     val_batches = _batches(dataset, dataset.validation, backbone, train_cfg, shuffle=False)
     torch.manual_seed(train_cfg.seed)
     parts = build_parts(backbone, method, len(dataset.labels))
-    model = TaskModel(backbone, parts)
+    # the lowest N layers are frozen and deterministic: from a cache computed once (layercache)
+    model, train_batches, val_batches, lower = cached_training(backbone, parts, train_batches, val_batches,
+                                                               cache or CacheConfig.from_env())
     log = training.train(model, train_batches, val_batches, train_cfg, on_progress)
     # Cast once, then measure with the rounded tensors: the recorded metrics are what a later
     # load of the artifact computes, so `evaluate` shows drift 0 for every store dtype.
@@ -159,6 +166,7 @@ def fit(
         epochs=train_cfg.epochs,
         train_examples_per_s=log.train_examples_per_s,
         seconds=time.perf_counter() - start,
+        cached_layers=lower["layers"],
     )
 
 

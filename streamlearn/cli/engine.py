@@ -119,6 +119,14 @@ def backbone_option(func):
 @click.option("--test", "test_file", type=click.Path(readable=False), help="Test JSONL (optional); reported for the best epoch.")
 @training_options
 @click.option("--train-cap", type=click.IntRange(2, None), default=None, help="Train on a seeded, stratified subset of at most N examples.")
+@click.option("--layer-cache-bytes", type=click.IntRange(0, None), envvar="STREAMLEARN_LAYER_CACHE_BYTES",
+              default=1 << 30, show_default=True,
+              help="Memory budget of the cache of the frozen lower layers' outputs (with --drop-lower N, or below "
+                   "top-k's layers): they run once per job instead of every step; over budget, they are recomputed "
+                   "every step. 0 turns the cache off. Env: STREAMLEARN_LAYER_CACHE_BYTES.")
+@click.option("--layer-cache-dtype", type=click.Choice(["float32", "float16"]), envvar="STREAMLEARN_LAYER_CACHE_DTYPE",
+              default="float32", show_default=True,
+              help="Storage dtype of the cached states (float16 halves the cache). Env: STREAMLEARN_LAYER_CACHE_DTYPE.")
 @backbone_option
 @click.option("--output", type=click.Path(file_okay=False), default="artifacts", show_default=True,
               help="Folder for the artifact: <name>-<method>.safetensors + .json sidecar, where <name> is DATA's "
@@ -127,7 +135,8 @@ def backbone_option(func):
 @with_data_limits()
 def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, drop_layers, store_dtype,
                   epochs, lr, batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field,
-                  label_field, max_classes, max_line_bytes, max_bytes, train_cap, backbone_dir, output, as_json) -> None:
+                  label_field, max_classes, max_line_bytes, max_bytes, train_cap, layer_cache_bytes, layer_cache_dtype,
+                  backbone_dir, output, as_json) -> None:
     """Train one task in this process (no queue, no catalogue) and write its artifact.
 
     DATA is a JSONL (or .jsonl.gz) file with one {"text": ..., "label": ...} object per line, and
@@ -152,7 +161,10 @@ def train_command(data, validation, test_file, method, adapter_size, top_k, sigm
                             warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
                             store_dtype=store_dtype)
     target = Path(output) / f"{_task_name(Path(data))}-{method}.safetensors"
-    summary = run_train(dataset, method_cfg, train_cfg, backbone_dir, target, show_progress=not as_json)
+    from streamlearn.layercache import CacheConfig
+
+    cache = CacheConfig(budget_bytes=layer_cache_bytes, dtype=layer_cache_dtype)
+    summary = run_train(dataset, method_cfg, train_cfg, backbone_dir, target, show_progress=not as_json, cache=cache)
     if as_json:
         echo_json(summary)
     else:
@@ -167,7 +179,8 @@ def _task_name(data: Path) -> str:
     return stem or "task"
 
 
-def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: Path, show_progress: bool) -> dict:
+def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: Path, show_progress: bool,
+              cache=None) -> dict:
     """Fit and save one task; return the `train --json` summary."""
     from streamlearn.backbone import load_backbone
     from streamlearn.pipeline import fit, save
@@ -184,9 +197,9 @@ def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: 
             def on_progress(epoch: int, step: int, total: int, loss: float) -> None:
                 bar.update(task_id, completed=step, total=total, epoch=epoch, loss=loss)
 
-            result = fit(dataset, method_cfg, train_cfg, backbone, on_progress)
+            result = fit(dataset, method_cfg, train_cfg, backbone, on_progress, cache=cache)
     else:
-        result = fit(dataset, method_cfg, train_cfg, backbone)
+        result = fit(dataset, method_cfg, train_cfg, backbone, cache=cache)
     info = save(result, target)
     return {
         "method": method_cfg.method,
@@ -205,6 +218,7 @@ def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: 
         "best_epoch": result.best_epoch,
         "train_examples_per_s": round(result.train_examples_per_s, 1),
         "seconds": round(result.seconds, 1),
+        "cached_layers": result.cached_layers,
     }
 
 
