@@ -11,7 +11,7 @@ import pytest
 from catalogue_fixtures import finished_task, pg_database, pg_url  # noqa: F401
 from click.testing import CliRunner
 
-from streamlearn.catalogue.session import current_revision, reset_engines, resolve_url, session_scope
+from streamlearn.catalogue.session import HEAD_REVISION, current_revision, reset_engines, resolve_url, session_scope
 from streamlearn.cli import main
 from streamlearn.settings import get_settings
 
@@ -91,9 +91,9 @@ def test_storage_on_an_empty_catalogue_writes_no_plot(isolated_home: Path, tmp_p
 def test_db_upgrade_reports_the_revision(isolated_home: Path) -> None:
     """`db upgrade` creates the schema once, then says it is already at head."""
     first = _run("db", "upgrade")
-    assert first.exit_code == 0 and "upgraded from empty to revision 0001" in first.output
-    assert "already at revision 0001" in _run("db", "upgrade").output
-    assert current_revision() == "0001"
+    assert first.exit_code == 0 and f"upgraded from empty to revision {HEAD_REVISION}" in first.output
+    assert f"already at revision {HEAD_REVISION}" in _run("db", "upgrade").output
+    assert current_revision() == HEAD_REVISION
 
 
 def test_db_upgrade_on_postgresql_masks_the_password(pg_url: str, isolated_home: Path,
@@ -105,7 +105,7 @@ def test_db_upgrade_on_postgresql_masks_the_password(pg_url: str, isolated_home:
     result = _run("db", "upgrade")
     assert result.exit_code == 0, result.output
     assert "s3cret" not in result.output and ":***@" in result.output
-    assert current_revision(resolve_url()) == "0001"
+    assert current_revision(resolve_url()) == HEAD_REVISION
     assert json.loads(_run("tasks", "--json").output) == []
 
 
@@ -121,7 +121,8 @@ def test_an_unreachable_database_is_one_line_and_exit_2(isolated_home: Path, mon
 def test_catalogue_modules_import_neither_torch_nor_matplotlib() -> None:
     """The catalogue, storage and catalogue CLI modules stay light, so `tasks` and `status` answer instantly."""
     code = ("import sys; import streamlearn.catalogue.queries, streamlearn.catalogue.records, "
-            "streamlearn.catalogue.session, streamlearn.storage, streamlearn.cli.catalogue; "
+            "streamlearn.catalogue.session, streamlearn.catalogue.evaluations, streamlearn.storage, "
+            "streamlearn.cli.catalogue, streamlearn.cli.evaluation; "
             "print(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from streamlearn.errors import StreamlearnError, TransientError
 from streamlearn.settings import get_settings, mask_url
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0004_evaluations"
 """The newest migration; a test checks it against the migration scripts."""
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
