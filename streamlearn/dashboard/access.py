@@ -75,7 +75,7 @@ def sign_in_page(message: str = "", status: int = 401) -> HTMLResponse:
     note = f'<p class="error">{message}</p>' if message else ""
     html = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>streamlearn: sign in</title>
-<link rel="stylesheet" href="/dashboard/dashboard.css"></head><body>
+<link rel="stylesheet" href="/dashboard/assets/dashboard.css"></head><body>
 <main><section class="card wide"><h2>streamlearn dashboard</h2>
 <p class="hint">This server requires its API token (STREAMLEARN_API_TOKEN).</p>{note}
 <form method="post" action="{LOGIN_PATH}"><label for="token">API token</label>

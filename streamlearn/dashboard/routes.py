@@ -1,7 +1,7 @@
 """The dashboard's routes: the page, its assets, and the evaluation history over HTTP.
 
-- `GET /`: the page; `GET /dashboard/{asset}`: its stylesheet and script (a fixed list: no request
-  names a file).
+- `GET /`: the page; `GET /dashboard/assets/{asset}`: its stylesheet and script (a fixed list:
+  no request names a file).
 - `GET /v1/evaluations/matrix`: the JSON of `streamlearn evaluate --matrix --json`.
 - `GET /v1/evaluations?task=&limit=`: recorded evaluations, newest first.
 - `POST /v1/evaluate` `{"task": "name"}` or `{}` for every task: re-score like `streamlearn
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 router = APIRouter()
 
 ASSETS = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
-"""The files `GET /dashboard/{asset}` serves, with their media types."""
+"""The files `GET /dashboard/assets/{asset}` serves, with their media types."""
 NO_STORE = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 # The page runs only its own script and style, and is never framed by another site.
 PAGE_HEADERS = NO_STORE | {
@@ -45,7 +45,7 @@ def page() -> HTMLResponse:
     return HTMLResponse(_static("index.html"), headers=PAGE_HEADERS)
 
 
-@router.get("/dashboard/{asset}", include_in_schema=False)
+@router.get("/dashboard/assets/{asset}", include_in_schema=False)
 def asset(asset: str) -> Response:
     """One of the page's files (ASSETS); anything else is 404."""
     if asset not in ASSETS:
