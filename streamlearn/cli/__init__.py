@@ -75,7 +75,7 @@ def _register() -> None:
     # Each submodule adds its commands to `main`; imported here so `streamlearn.cli:main` sees all.
     import importlib
 
-    for name in ("engine", "catalogue", "service", "demo"):
+    for name in ("engine", "catalogue", "service", "demo", "serve"):
         try:
             importlib.import_module(f"streamlearn.cli.{name}")
         except ModuleNotFoundError as exc:
