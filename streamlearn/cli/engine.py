@@ -274,15 +274,26 @@ def render_predictions(result: dict, as_json: bool) -> None:
 @click.option("--input", "input_file", type=click.Path(dir_okay=False),
               help="JSONL with a text per line (labels optional; when all lines have one, accuracy is printed).")
 @backbone_option
+@click.option("--server", envvar="STREAMLEARN_SERVER", default=None,
+              help="URL of a running `streamlearn serve` (default: $STREAMLEARN_SERVER) to ask instead of loading "
+                   "the backbone here; needs a TASK, not --artifact. Sends $STREAMLEARN_API_TOKEN when set.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def predict_command(texts, artifact, input_file, backbone_dir, as_json) -> None:
+def predict_command(texts, artifact, input_file, backbone_dir, server, as_json) -> None:
     """Print the most likely label and its probability for each TEXT and each --input line.
 
     Usage: `predict TASK [TEXT ...]` (the task's stored artifact) or `predict --artifact FILE [TEXT ...]`.
     The artifact's sha256 (also against the catalogue's, for a TASK) and its backbone fingerprint
-    are checked first; an artifact trained on another backbone is refused.
+    are checked first; an artifact trained on another backbone is refused. With --server (or
+    STREAMLEARN_SERVER) the server does this and answers; the output is the same.
     """
     expected_sha256 = None
+    if server and artifact is None:
+        if not texts:
+            raise click.UsageError("give a TASK name (see `streamlearn tasks`)")
+        from streamlearn.serve.client import predict_via_server
+
+        render_predictions(predict_via_server(server, texts[0], list(texts[1:]), input_file), as_json)
+        return
     if artifact is None:
         if not texts:
             raise click.UsageError("give a TASK name (see `streamlearn tasks`) or --artifact FILE")
