@@ -24,7 +24,9 @@ router = APIRouter()
 COOKIE = "streamlearn_session"
 """Name of the dashboard's session cookie."""
 LOGIN_PATH = "/dashboard/login"
-"""The sign-in form (GET) and its target (POST); the only paths open without the token."""
+"""The sign-in form (GET) and its target (POST)."""
+ASSETS_PREFIX = "/dashboard/assets/"
+"""Where the page's stylesheet and script are served (open: the sign-in form uses the stylesheet)."""
 _CONTEXT = b"streamlearn dashboard session"
 
 
@@ -66,8 +68,11 @@ def _cookie(header: bytes) -> bytes:
 
 
 def is_open(scope: dict) -> bool:
-    """True for the sign-in form and its target, the only requests answered without the token."""
-    return scope["path"] == LOGIN_PATH and scope["method"] in ("GET", "POST")
+    """True for the sign-in form, its target and the page's stylesheet and script (code, no data):
+    the only requests answered without the token."""
+    if scope["path"] == LOGIN_PATH:
+        return scope["method"] in ("GET", "POST")
+    return scope["method"] == "GET" and scope["path"].startswith(ASSETS_PREFIX)
 
 
 def sign_in_page(message: str = "", status: int = 401) -> HTMLResponse:

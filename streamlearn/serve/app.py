@@ -11,7 +11,6 @@ describes every endpoint.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -23,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from streamlearn.dashboard import access
+from streamlearn.dashboard import routes as dashboard
 from streamlearn.errors import (
     ArtifactCorrupt,
     BackboneMismatch,
@@ -87,7 +88,8 @@ class _Guard:
 
     def __init__(self, app, config: ServeConfig, token: str | None, metrics: Metrics) -> None:
         self.app, self.config, self.metrics = app, config, metrics
-        self.token = token.encode() if token else None
+        # The bearer header, or the dashboard's session cookie derived from the token.
+        self.access = access.Access(token) if token else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -106,7 +108,10 @@ class _Guard:
 
     async def _guarded(self, scope, receive, send):
         headers = dict(scope["headers"])
-        if self.token is not None and not self._authorised(headers.get(b"authorization", b"")):
+        if self.access is not None and not access.is_open(scope) and not self.access.allows(headers):
+            if scope["method"] == "GET" and scope["path"] == "/":
+                # A browser opening the dashboard gets the sign-in form (still a 401, no data).
+                return await access.sign_in_page()(scope, receive, send)
             response = error(401, "missing or wrong API token: send 'Authorization: Bearer <STREAMLEARN_API_TOKEN>'",
                              {"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
@@ -125,11 +130,6 @@ class _Guard:
             return message
 
         await self.app(scope, counted, send)
-
-    def _authorised(self, header: bytes) -> bool:
-        scheme, _, given = header.partition(b" ")
-        # compare_digest: the time taken does not reveal how much of a guess was right.
-        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
 
 
 def _too_large(limit: int) -> JSONResponse:
@@ -182,6 +182,10 @@ def create_app(config: ServeConfig, token: str | None, service: Service | None =
     app.state.service = service
     app.include_router(predictions.router)
     app.include_router(catalogue.router)
+    # The dashboard: the page at /, its assets, the evaluation endpoints, the browser sign-in.
+    app.include_router(dashboard.router)
+    app.include_router(access.router)
+    app.state.access = access.Access(token) if token else None
 
     @app.exception_handler(StreamlearnError)
     async def _streamlearn_error(request: Request, exc: StreamlearnError):
