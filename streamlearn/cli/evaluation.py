@@ -88,9 +88,12 @@ def _matrix(as_json: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table("after task t", *tasks, title="accuracy matrix R[t, j] (task j re-scored after task t was learned)")
+    from rich.markup import escape
+
+    table = Table("after task t", *map(escape, tasks),
+                  title=escape("accuracy matrix R[t, j] (task j re-scored after task t was learned)"))
     for name, row in zip(tasks, result["matrix"]):
-        table.add_row(name, *("-" if v is None else f"{v:.4f}" for v in row))
+        table.add_row(escape(name), *("-" if v is None else f"{v:.4f}" for v in row))
     console.print(table)
     fmt = lambda v: "- (not enough cells)" if v is None else f"{v:.4g}"  # noqa: E731
     console.print(f"BWT {fmt(result['bwt'])}, forgetting {fmt(result['forgetting'])}, "

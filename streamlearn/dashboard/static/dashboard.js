@@ -4,6 +4,7 @@
 "use strict";
 
 const POLL_MS = 1000;
+const MAX_JOBS = 100;
 const state = { tasks: [], jobs: [], storage: null, matrix: null, ended: new Set(), seenJobs: false };
 
 // ---- small helpers -------------------------------------------------------------------------------
@@ -144,9 +145,9 @@ function renderJobs() {
     if (job.parent_id) (trials.get(job.parent_id) || trials.set(job.parent_id, []).get(job.parent_id)).push(job);
   }
   const rows = [];
-  // Newest first; a sweep's trials follow their sweep.
-  for (const job of [...state.jobs].reverse()) {
-    if (job.parent_id) continue;
+  const top = [...state.jobs].reverse().filter((job) => !job.parent_id);
+  // Newest first, at most MAX_JOBS of them; a sweep's trials follow their sweep.
+  for (const job of top.slice(0, MAX_JOBS)) {
     const children = trials.get(job.job_id) || [];
     const ended = children.filter((t) => t.status === "succeeded" || t.status === "failed").length;
     rows.push(jobRow(job, job.kind === "sweep" ? `${ended}/${children.length} trials ended` : ""));
@@ -154,6 +155,8 @@ function renderJobs() {
   }
   document.querySelector("#jobs tbody").replaceChildren(...rows);
   document.getElementById("jobs-empty").hidden = rows.length > 0;
+  document.getElementById("jobs-more").textContent =
+    top.length > MAX_JOBS ? `Showing the newest ${MAX_JOBS} of ${top.length} jobs (streamlearn jobs lists all).` : "";
 }
 
 // ---- storage curve -------------------------------------------------------------------------------
@@ -177,7 +180,9 @@ function renderStorage() {
     el("strong", { id: "storage-percent", dataset: { value: report.ratio } }, (100 * report.ratio).toFixed(2) + "%"),
     ` (${(1 / report.ratio).toFixed(0)}× less); measured ÷ law = ${report.measured_over_theoretical.toFixed(4)}.`,
   );
-  const W = 560, H = 300, left = 64, right = 14, top = 12, bottom = 38;
+  // Drawn at the width it is shown at, so its text stays readable on a phone.
+  const W = Math.max(300, Math.min(900, Math.round(box.clientWidth || 560))), H = Math.round(Math.max(220, W * 0.5));
+  const left = 64, right = 14, top = 12, bottom = 38;
   const lo = Math.log10(Math.min(...measured, ...law) / 3), hi = Math.log10(Math.max(...full) * 3);
   const x = (k) => left + (K === 1 ? (W - left - right) / 2 : ((k - 1) / (K - 1)) * (W - left - right));
   const y = (v) => top + (1 - (Math.log10(v) - lo) / (hi - lo)) * (H - top - bottom);
@@ -224,13 +229,15 @@ function renderMatrix() {
   document.getElementById("matrix-empty").hidden = !empty;
   if (!m) return;
   const collapsed = new Set(m.collapsed);
+  // The cell of each task's latest recorded run: the one a collapsed warning is about.
+  const latestRow = m.tasks.map((_, j) => m.matrix.reduce((last, row, t) => (row[j] === null ? last : t), -1));
   head.replaceChildren(el("tr", {}, el("th", {}, "after ↓ / task →"), ...m.tasks.map((t) => el("th", { scope: "col" }, t))));
   body.replaceChildren(...m.matrix.map((row, t) => el("tr", {},
     el("th", { scope: "row" }, m.tasks[t]),
     ...row.map((v, j) => {
       if (v === null) return el("td", { class: "cell none", dataset: { t, j } }, j > t ? "" : "·");
       const c = heat(v);
-      return el("td", { class: "cell" + (collapsed.has(m.tasks[j]) && t === m.tasks.length - 1 ? " collapsed" : ""),
+      return el("td", { class: "cell" + (collapsed.has(m.tasks[j]) && t === latestRow[j] ? " collapsed" : ""),
         style: `background:${c.bg};color:${c.fg}`, dataset: { t, j, value: v },
         title: `R[${m.tasks[t]}, ${m.tasks[j]}] = ${v}` }, v.toFixed(3));
     }),
@@ -374,6 +381,8 @@ async function start() {
   document.getElementById("try").addEventListener("submit", tryIt);
   document.getElementById("submit").addEventListener("submit", submitTask);
   document.getElementById("rescore").addEventListener("click", rescore);
+  let resized = null;
+  window.addEventListener("resize", () => { clearTimeout(resized); resized = setTimeout(renderStorage, 150); });
   try {
     await refreshCatalogue();
   } catch (exc) {
