@@ -130,8 +130,18 @@ def _wait(env, job_id: str, workers, timeout: float = 120) -> dict:
 
 
 def _in_process(env, task: str, texts: list[str], artifact: str | None = None) -> list[dict]:
-    args = ("predict", "--artifact", artifact, *texts) if artifact else ("predict", task, *texts)
-    return cli_json(env, *args)["predictions"]
+    """`streamlearn predict TASK TEXT...` (or `--artifact FILE`) computed in this process: the command's own function."""
+    from streamlearn.cli.engine import predict_rows
+
+    sha = None
+    if artifact is None:
+        from streamlearn.catalogue.queries import task_table
+        from streamlearn.catalogue.session import session_scope
+
+        with session_scope(catalogue_url(env), readonly=True) as s:
+            row = next(r for r in task_table(s) if r["task"] == task)
+        artifact, sha = str(Path(env["STREAMLEARN_HOME"]) / "artifacts" / row["uri"]), row["sha256"]
+    return predict_rows(artifact, texts, None, env["STREAMLEARN_BACKBONE"], sha)["predictions"]
 
 
 def _one_line_error(response: httpx.Response, status: int) -> str:
