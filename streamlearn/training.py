@@ -40,6 +40,8 @@ class TrainConfig:
     """AdamW decoupled weight decay."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm (0 disables clipping)."""
+    store_dtype: str = "float32"
+    """Dtype the trained tensors are stored in: float32, float16 or bfloat16 (cast once, at the end)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.epochs <= 1000:
@@ -56,6 +58,8 @@ class TrainConfig:
             raise InvalidConfig("weight decay and max grad norm must not be negative")
         if self.seed < 0:
             raise InvalidConfig(f"seed {self.seed} must not be negative")
+        if self.store_dtype not in ("float32", "float16", "bfloat16"):
+            raise InvalidConfig(f"store dtype {self.store_dtype!r} is not one of float32, float16, bfloat16")
 
     def to_dict(self) -> dict:
         """Return the fields as a JSON-ready dict."""
