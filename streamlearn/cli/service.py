@@ -327,23 +327,3 @@ def evaluate_command(task: str | None, all_tasks: bool, as_json: bool) -> None:
                       + (" - nothing was forgotten." if worst == 0 else " - DRIFT!"))
     if any(r["drift"] != 0 for r in rows):
         raise SystemExit(1)
-
-
-def task_artifact(task: str) -> tuple[str, str]:
-    """The current artifact of `task` as (path, sha256), for `predict TASK`.
-
-    Raises:
-        UnknownTask: no such task, or it has no artifact yet.
-    """
-    from streamlearn.catalogue.queries import task_table
-    from streamlearn.catalogue.records import find_task
-    from streamlearn.catalogue.session import session_scope
-    from streamlearn.errors import UnknownTask
-    from streamlearn.jobs import artifact_path
-
-    with session_scope(readonly=True) as s:
-        find_task(s, task)
-        row = next(r for r in task_table(s) if r["task"] == task)
-    if row["uri"] is None:
-        raise UnknownTask(f"task {task!r} has no trained artifact yet (status: {row['status']})")
-    return str(artifact_path(row["uri"])), row["sha256"]
