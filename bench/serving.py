@@ -81,16 +81,23 @@ def train_tasks(args, env: dict[str, str], root: Path) -> tuple[list[str], list[
     for name in names:
         plan.append((f"{name}-drop3", name, 0, 3))
     todo = [p for p in plan if p[0] not in done]
+    from streamlearn.data import Dataset, load_dataset
+
     start = time.perf_counter()
     if todo:
         workers = [Worker(env, root / f"worker-{i}.log") for i in range(args.workers)]
         try:
             for worker in workers:
                 worker.wait_ready()
-            jobs = []
+            jobs, full = [], {}
             for task, real, seed, drop in todo:
-                ds = task_data.load(args.data_dir, real, train_cap=args.train_cap, val_cap=args.val_cap, test_cap=0,
-                                    seed=seed)
+                if real not in full:  # validating a whole real task is the slow part: once per task
+                    f = task_data.files(args.data_dir, real)
+                    full[real] = load_dataset(f["train"], f["validation"], f["test"], seed=0)
+                whole = full[real]
+                ds = Dataset(whole.capped(args.train_cap, seed=seed).train,
+                             task_data.stratified(whole.validation, args.val_cap, seed), [], whole.labels,
+                             dict(whole.files))
                 files = task_data.write_files(ds, root / "data" / task)
                 out = subprocess.run(
                     [sys.executable, "-m", "streamlearn", "submit-task", str(files["train"]), "--validation",
