@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from streamlearn.api import Prediction
 from streamlearn.engine import check_item as engine_check
 from streamlearn.errors import InvalidConfig, StreamlearnError
 from streamlearn.serve.backends import Item, Loaded
@@ -25,19 +26,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Result:
-    """One row's answer."""
+class Result(Prediction):
+    """One row's answer: the API's Prediction, and which artifact gave it."""
 
-    task: str
-    """Task that answered."""
-    label: str
-    """Most likely class."""
-    score: float
-    """Its probability."""
-    probabilities: dict[str, float]
-    """Every class's probability."""
-    sha256: str
-    """Artifact that answered (its digest)."""
+    sha256: str = ""
+    """Digest of the artifact that answered."""
 
     def to_json(self, probabilities: bool = True) -> dict:
         """The `/v1/predict` result object."""
