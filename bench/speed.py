@@ -107,13 +107,14 @@ def train_pass(backbone, method: str, batches: list, classes: int, autocast: boo
     import torch
 
     from streamlearn import training
-    from streamlearn.methods import MethodConfig, TaskModules, attached, default_lr
+    from streamlearn.engine import TaskModel
+    from streamlearn.methods import MethodConfig, build_parts, default_lr
 
     torch.manual_seed(0)
-    task = TaskModules(backbone, MethodConfig(method=method), classes)
+    model = TaskModel(backbone, build_parts(backbone, MethodConfig(method=method), classes))
     cfg = training.TrainConfig(epochs=1, lr=default_lr(method), seed=0)
     cast = torch.autocast(backbone.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with attached(backbone, task) as model, cast:
+    with cast:
         log = training.train(model, batches, [], cfg)
     return log.train_examples_per_s
 
@@ -122,7 +123,7 @@ def timed_forward(get_model: Callable, mode: str = "inference", autocast: bool =
     """A function timing one forward of a batch (without autograd); attaching happens outside the timing.
 
     Args:
-        get_model: Returns a context manager yielding the model (e.g. `attached(backbone, task)`).
+        get_model: Returns a context manager yielding the model (e.g. `nullcontext(TaskModel(...))`).
         mode: "inference" (`torch.inference_mode`) or "no_grad".
         autocast: Run under bf16 autocast.
     """
@@ -186,15 +187,18 @@ def section_train(args, backbone, ds) -> dict:
 def section_inference(args, backbone, ds) -> dict:
     import torch
 
-    from streamlearn.methods import Classifier, MethodConfig, TaskModules, attached
+    from streamlearn.engine import TaskModel
+    from streamlearn.engine.parts import TaskParts
+    from streamlearn.methods import MethodConfig, build_parts
 
     examples = task_data.stratified(ds.test, args.infer_examples, seed=0)
     batches = _batch_list(examples, ds, backbone, args, shuffle=False, by_length=True)
     torch.manual_seed(0)
-    task = TaskModules(backbone, MethodConfig(method="adapter"), len(ds.labels)).requires_grad_(False).eval()
-    bare = Classifier(backbone.model, torch.nn.Linear(backbone.info.hidden, len(ds.labels)).to(backbone.device), "mean").eval()
+    task = TaskModel(backbone, build_parts(backbone, MethodConfig(method="adapter"), len(ds.labels))).eval()
+    # the bare backbone: a task with a head only, through the same engine path
+    bare = TaskModel(backbone, TaskParts(len(ds.labels), backbone.info.hidden, "mean").to(backbone.device)).eval()
 
-    res = interleaved_batches({"adapter": timed_forward(lambda: attached(backbone, task)),
+    res = interleaved_batches({"adapter": timed_forward(lambda: contextlib.nullcontext(task)),
                                "bare": timed_forward(lambda: contextlib.nullcontext(bare))}, batches, args.repeats)
     res["examples"] = len(examples)
     res["unit"] = "inference examples/s (forward, mean pooling + head)"
@@ -206,7 +210,8 @@ def section_speedups(args, backbone, ds) -> dict:
     import torch
 
     from streamlearn.batches import Batches
-    from streamlearn.methods import MethodConfig, TaskModules, attached
+    from streamlearn.engine import TaskModel
+    from streamlearn.methods import MethodConfig, build_parts
 
     out: dict = {}
     examples = task_data.stratified(ds.train, args.train_examples, seed=0)
@@ -223,10 +228,10 @@ def section_speedups(args, backbone, ds) -> dict:
     infer_examples = task_data.stratified(ds.test, args.infer_examples, seed=0)
     infer_batches = _batch_list(infer_examples, ds, backbone, args, shuffle=False, by_length=True)
     torch.manual_seed(0)
-    task = TaskModules(backbone, MethodConfig(method="adapter"), len(ds.labels)).requires_grad_(False).eval()
+    task = TaskModel(backbone, build_parts(backbone, MethodConfig(method="adapter"), len(ds.labels))).eval()
 
     def infer(mode: str, autocast: bool = False) -> Callable[[dict], float]:
-        return timed_forward(lambda: attached(backbone, task), mode=mode, autocast=autocast)
+        return timed_forward(lambda: contextlib.nullcontext(task), mode=mode, autocast=autocast)
 
     out["inference_mode"] = interleaved_batches({"inference_mode": infer("inference"), "no_grad": infer("no_grad")},
                                                 infer_batches, args.repeats)

@@ -1,7 +1,7 @@
 """The frozen, shared encoder: loaded once per process, fingerprinted, described.
 
-The backbone's tensors are never written: per-task modules are swapped in around them (see
-`adapters.py`), and `Backbone.verify()` re-hashes them to prove it after every job.
+The backbone's tensors are never written: the engine's sites apply per-task parts around them
+(see `streamlearn.engine`), and `Backbone.verify()` re-hashes them to prove it after every job.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class ModuleMap:
     """The LayerNorm after the FFN block, relative to a layer."""
     embeddings_norm: str
     """The embeddings' LayerNorm, relative to the model."""
+    embeddings: str = "embeddings"
+    """The embeddings module, relative to the model."""
 
 
 _BERT_LIKE = ModuleMap(

@@ -26,6 +26,7 @@ from streamlearn.catalogue.session import session_scope
 from streamlearn.data import DataSpec, Dataset, load_dataset
 from streamlearn.errors import InvalidConfig, StreamlearnError, TransientError, UnknownTask
 from streamlearn.settings import Settings, get_settings
+from streamlearn.sidecar import ArtifactMetadata
 
 if TYPE_CHECKING:  # these import torch; `submit` (and so `submit-task`) must stay light
     from streamlearn.backbone import BackboneInfo
@@ -227,14 +228,15 @@ def finalise(job_id: str, path: Path, metadata: dict, backbone: BackboneInfo) ->
     """Record the artifact (from its verified sidecar), its metrics, and succeeded, in one transaction."""
     root = get_settings().artifacts
     uri = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-    metrics = metadata["metrics"]
+    meta = ArtifactMetadata.from_sidecar(metadata, str(path))
+    metrics, method = meta.metrics, meta.method
     with session_scope() as s:
         records.ensure_backbone(s, dataclasses.asdict(backbone))
         records.mark_succeeded(s, job_id, artifact={
             "uri": uri, "sha256": metadata["sha256"], "bytes": metadata["bytes"],
-            "trainable_params": metadata["trainable_params"], "stored_params": metadata["stored_params"],
-            "method": metadata["method"], "classes": len(metadata["labels"]),
-            "adapter_size": metadata["adapter_size"] if metadata["method"] == "adapter" else None,
+            "trainable_params": meta.stored_params, "stored_params": meta.stored_params,
+            "method": method.method, "classes": len(meta.labels),
+            "adapter_size": method.adapter_size if method.method == "adapter" else None,
             "backbone_fingerprint": backbone.fingerprint,
         }, metrics={"validation": metrics["val"], "test": metrics["test"]})
     _trial_ended(job_id)

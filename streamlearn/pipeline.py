@@ -23,7 +23,9 @@ from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, re
 from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
 from streamlearn.catalogue import records
-from streamlearn.data import DataSpec, Dataset, Example, file_sha256
+from streamlearn.data import Dataset, DataSpec, Example, file_sha256
+from streamlearn.engine import TaskModel
+from streamlearn.engine.loading import cast_like_stored
 from streamlearn.errors import (
     ArtifactCorrupt,
     ArtifactWriteFailed,
@@ -33,14 +35,17 @@ from streamlearn.errors import (
     TransientError,
 )
 from streamlearn.heartbeat import Heartbeat, JobSuperseded
-from streamlearn.methods import MethodConfig, TaskModules, attached, default_lr
+from streamlearn.methods import MethodConfig, build_parts, default_lr
 from streamlearn.settings import get_settings
+from streamlearn.sidecar import ArtifactMetadata
 from streamlearn.sweep import SweepSpec
 from streamlearn.training import Metrics, Progress, TrainConfig, evaluate
 
 
-ARTIFACT_FORMAT = 1
-"""Version of the sidecar layout written by `fit`."""
+def _stored_key(path: Path) -> dict[str, str]:
+    """A dataset file as an artifact records it: its digest and its store-relative key, never a path."""
+    sha = file_sha256(path)
+    return {"sha256": sha, "key": f"datasets/{sha}.jsonl" + (".gz" if str(path).endswith(".gz") else "")}
 
 
 @dataclass
@@ -48,13 +53,13 @@ class FitResult:
     """Everything `fit` produced: the tensors to store, their description, and the numbers."""
 
     tensors: dict[str, torch.Tensor]
-    """Exactly the trained tensors (CPU), keyed by TaskModules parameter name."""
+    """Exactly the trained tensors (CPU, in the store dtype), under their format-2 names."""
     metadata: dict
     """The artifact sidecar content (without the file's sha256 and bytes)."""
     val: Metrics
-    """Validation metrics of the best epoch."""
+    """Validation metrics of the best epoch, measured with the stored (rounded) tensors."""
     test: Metrics | None
-    """Test metrics of the best epoch's tensors, or None without a test split."""
+    """Test metrics of the stored tensors, or None without a test split."""
     trainable_params: int
     """Parameters trained."""
     stored_params: int
@@ -114,42 +119,38 @@ def fit(
     train_batches = _batches(dataset, dataset.train, backbone, train_cfg, shuffle=True)
     val_batches = _batches(dataset, dataset.validation, backbone, train_cfg, shuffle=False)
     torch.manual_seed(train_cfg.seed)
-    task = TaskModules(backbone, method, len(dataset.labels))
-    with attached(backbone, task) as model:
-        log = training.train(model, train_batches, val_batches, train_cfg, on_progress)
-        test = evaluate(model, _batches(dataset, dataset.test, backbone, train_cfg, shuffle=False)) if dataset.test else None
-    tensors = task.stored_tensors()
-    del task
+    parts = build_parts(backbone, method, len(dataset.labels))
+    model = TaskModel(backbone, parts)
+    log = training.train(model, train_batches, val_batches, train_cfg, on_progress)
+    # Cast once, then measure with the rounded tensors: the recorded metrics are what a later
+    # load of the artifact computes, so `evaluate` shows drift 0 for every store dtype.
+    tensors = cast_like_stored(parts, train_cfg.store_dtype)
+    val = evaluate(model, val_batches) if train_cfg.store_dtype != "float32" else log.best
+    test = evaluate(model, _batches(dataset, dataset.test, backbone, train_cfg, shuffle=False)) if dataset.test else None
+    del model, parts
     if verify:
         backbone.verify()
     stored = sum(t.numel() for t in tensors.values())
-    metadata = {
-        "format": ARTIFACT_FORMAT,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **method.to_dict(),
-        "labels": list(dataset.labels),
-        "label_type": "int" if isinstance(dataset.train[0].label, int) else "str",
-        "pair": dataset.is_pair,
-        "backbone": {k: getattr(backbone.info, k) for k in ("name", "fingerprint", "layers", "hidden", "params")},
-        "trainable_params": stored,
-        "stored_params": stored,
-        "method_config": method.to_dict(),
-        "train_config": train_cfg.to_dict(),
-        "data": {
-            "files": {split: {"path": str(path), "sha256": file_sha256(path)} for split, path in dataset.files.items()},
-            "examples": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)},
-        },
-        "metrics": {
-            "best_epoch": log.best_epoch,
-            "history": log.history,
-            "val": dataclasses.asdict(log.best),
-            "test": dataclasses.asdict(test) if test else None,
-        },
-    }
+    meta = ArtifactMetadata(
+        method=method,
+        labels=tuple(dataset.labels),
+        label_type="int" if isinstance(dataset.train[0].label, int) else "str",
+        pair=dataset.is_pair,
+        backbone={k: getattr(backbone.info, k) for k in ("name", "fingerprint", "layers", "hidden", "params")},
+        train=train_cfg.to_dict(),
+        stored_params=stored,
+        metrics={"best_epoch": log.best_epoch, "history": log.history, "val": dataclasses.asdict(val),
+                 "test": dataclasses.asdict(test) if test else None},
+        data={"files": {split: _stored_key(path) for split, path in dataset.files.items()},
+              "examples": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)}},
+        dtype=train_cfg.store_dtype,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    metadata = meta.to_sidecar()
     return FitResult(
         tensors=tensors,
         metadata=metadata,
-        val=log.best,
+        val=val,
         test=test,
         trainable_params=stored,
         stored_params=stored,

@@ -1,4 +1,4 @@
-"""Using a stored artifact: load it onto the shared backbone, predict, and re-evaluate it.
+"""Using a stored artifact: load it onto the shared backbone's engine, predict, and re-evaluate it.
 
 `reevaluate` is the proof that no task is forgotten: it scores every stored artifact again on its
 stored test set, on the backbone the worker keeps, and compares with the catalogue. Because the
@@ -15,43 +15,36 @@ from pathlib import Path
 import torch
 
 from streamlearn import jobs
-from streamlearn.artifacts import read_artifact
 from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
 from streamlearn.catalogue.evaluations import record_run
 from streamlearn.catalogue.models import utcnow
 from streamlearn.catalogue.session import session_scope
 from streamlearn.data import Example
-from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig
-from streamlearn.methods import MethodConfig, TaskModules, attached
-from streamlearn.training import Metrics, scores
+from streamlearn.engine import Engine, Item, LoadedTask, TaskModel, load_task
+from streamlearn.errors import InvalidConfig
+from streamlearn.training import Metrics, predictions, scores
 
 
 class Predictor:
-    """A loaded artifact attached on demand to the shared backbone."""
+    """One loaded artifact, resident on an engine of the shared backbone."""
 
-    def __init__(self, task: TaskModules, metadata: dict, backbone: Backbone) -> None:
-        self.task = task
-        self.metadata = metadata
+    def __init__(self, loaded: LoadedTask, backbone: Backbone) -> None:
+        self.loaded = loaded
         self.backbone = backbone
-        self.labels: tuple[str, ...] = tuple(metadata["labels"])
-        self.max_length = int(metadata["train_config"]["max_length"])
+        self.labels: tuple[str, ...] = loaded.labels
+        self.max_length = loaded.max_length
+        self.engine = Engine(backbone)
+        self.engine.attach(loaded.name, loaded)
 
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64) -> torch.Tensor:
         """Return the (len(texts), classes) logits, in input order, on the CPU."""
         if pairs is not None and len(pairs) != len(texts):
             raise InvalidConfig(f"{len(texts)} texts but {len(pairs)} pairs")
-        examples = [Example(t, None, pairs[i] if pairs is not None else None) for i, t in enumerate(texts)]
-        if not examples:
+        if not texts:
             return torch.zeros((0, len(self.labels)))
-        batches = Batches(examples, self.backbone.tokenizer, None, batch_size, self.max_length, by_length=True)
-        out = torch.empty((len(examples), len(self.labels)))
-        with attached(self.backbone, self.task) as model, torch.inference_mode():
-            model.eval()
-            for indices in batches.order(0):
-                batch = {k: v.to(self.backbone.device) for k, v in batches.collate(indices).items()}
-                out[indices] = model(**batch).float().cpu()
-        return out
+        items = [Item(self.loaded.name, t, pairs[i] if pairs is not None else None) for i, t in enumerate(texts)]
+        return torch.stack(self.engine.logits(items, batch_size))
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[tuple[str, float]]:
         """Return (label, probability) of the most likely class for each text."""
@@ -71,27 +64,13 @@ class Predictor:
 
 
 def load_predictor(artifact_path: str | Path, backbone: Backbone, expected_sha256: str | None = None) -> Predictor:
-    """Load a verified artifact for prediction on this backbone.
+    """Load a verified artifact (format 1 or 2) for prediction on this backbone.
 
     Raises:
         ArtifactCorrupt: The file or sidecar fails its sha256, or the tensors do not fit the method.
         BackboneMismatch: The artifact was trained on a backbone with another fingerprint.
     """
-    tensors, metadata = read_artifact(artifact_path, expected_sha256)
-    recorded = metadata.get("backbone", {})
-    if recorded.get("fingerprint") != backbone.info.fingerprint:
-        raise BackboneMismatch(
-            f"{artifact_path} was trained on backbone {recorded.get('name')!r} "
-            f"({str(recorded.get('fingerprint'))[:12]}), not on {backbone.info.name!r} ({backbone.info.fingerprint[:12]})"
-        )
-    try:
-        method = MethodConfig.from_dict(metadata["method_config"])
-        task = TaskModules(backbone, method, len(metadata["labels"]))
-        task.load_state_dict({k: v.to(backbone.device) for k, v in tensors.items()}, strict=True)
-    except (KeyError, RuntimeError, InvalidConfig) as exc:
-        raise ArtifactCorrupt(f"{artifact_path}: tensors do not match the recorded method ({exc})") from None
-    task.requires_grad_(False).eval()
-    return Predictor(task, metadata, backbone)
+    return Predictor(load_task(artifact_path, backbone, expected_sha256), backbone)
 
 
 def reevaluate(task: str | None = None, *, source: str = "cli") -> list[dict]:
@@ -126,12 +105,11 @@ def reevaluate(task: str | None = None, *, source: str = "cli") -> list[dict]:
 def _reevaluate_one(plan: jobs.JobPlan, uri: str, sha256: str, stored: dict, backbone: Backbone) -> dict:
     dataset = jobs.stored_dataset(plan)
     split, examples = ("test", dataset.test) if dataset.test else ("validation", dataset.validation)
-    predictor = load_predictor(jobs.artifact_path(uri), backbone, expected_sha256=sha256)
-    # The same batch size as the evaluation during training, so padding and thus every float match.
-    pairs = [ex.text_pair for ex in examples] if dataset.is_pair else None
-    logits = predictor.logits([ex.text for ex in examples], pairs, batch_size=plan.train.batch_size)
-    gold = [dataset.label_index(ex.label) for ex in examples]
-    pred = logits.argmax(-1).tolist()
+    loaded = load_task(jobs.artifact_path(uri), backbone, expected_sha256=sha256, name=plan.task)
+    # The batches of the evaluation during training (same size, order and padding), so every float matches.
+    index = {name: i for i, name in enumerate(dataset.labels)}
+    batches = Batches(examples, backbone.tokenizer, index, plan.train.batch_size, loaded.max_length, by_length=True)
+    gold, pred = predictions(TaskModel(backbone, loaded.parts), batches)
     now = scores(gold, pred)
     before = stored.get(split, {})
     drift = max(abs(now.accuracy - before.get("accuracy", float("nan"))),

@@ -15,19 +15,26 @@ from pathlib import Path
 from typing import Any
 
 BYTES_PER_PARAM = 4
-"""Artifacts and backbones are stored as float32."""
+"""Backbones (and artifacts by default) are stored as float32."""
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+"""Bytes per stored parameter of each `--store-dtype`."""
 
 
-def task_params(L: int, d: int, m: int, C: int) -> int:  # noqa: N803 (the paper's symbols)
-    """Exact parameters one adapter task stores: 2L(2md+m+d) + (4L+2)d + (d+1)C.
+def task_params(L: int, d: int, m: int, C: int, N: int = 0) -> int:  # noqa: N803 (the paper's symbols)
+    """Exact parameters one adapter task stores: 2(L−N)(2md+m+d) + 4(L−N)d + 2d·[N=0] + (d+1)C.
+
+    The formula is the method registry's (`methods.parameter_count`), the one place it is written.
 
     Args:
         L: Transformer layers of the backbone.
         d: Hidden size.
         m: Adapter bottleneck size.
         C: Number of classes.
+        N: AdapterDrop depth (layers without adapters); 0 is the faithful Houlsby method.
     """
-    return 2 * L * (2 * m * d + m + d) + (4 * L + 2) * d + (d + 1) * C
+    from streamlearn.methods import MethodConfig, Shape, parameter_count
+
+    return parameter_count(MethodConfig(adapter_size=m, drop_layers=N), Shape(L, d, C))
 
 
 @dataclass(frozen=True)
@@ -48,13 +55,18 @@ class StoredTask:
     hidden: int
     backbone_params: int
     backbone_bytes: int
+    drop_layers: int = 0
+    """AdapterDrop depth N the task was trained with."""
+    dtype: str = "float32"
+    """Dtype its tensors are stored in."""
 
     @property
     def theoretical_bytes(self) -> int:
-        """The law's bytes for this task; for methods without an adapter, their own stored parameters."""
+        """The law's bytes for this task (in its stored dtype); without an adapter, its own stored parameters."""
+        per = DTYPE_BYTES.get(self.dtype, BYTES_PER_PARAM)
         if self.adapter_size is None:
-            return self.stored_params * BYTES_PER_PARAM
-        return task_params(self.layers, self.hidden, self.adapter_size, self.classes) * BYTES_PER_PARAM
+            return self.stored_params * per
+        return task_params(self.layers, self.hidden, self.adapter_size, self.classes, self.drop_layers) * per
 
 
 def build_report(tasks: Iterable[StoredTask]) -> dict[str, Any]:

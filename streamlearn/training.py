@@ -40,6 +40,8 @@ class TrainConfig:
     """AdamW decoupled weight decay."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm (0 disables clipping)."""
+    store_dtype: str = "float32"
+    """Dtype the trained tensors are stored in: float32, float16 or bfloat16 (cast once, at the end)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.epochs <= 1000:
@@ -56,6 +58,8 @@ class TrainConfig:
             raise InvalidConfig("weight decay and max grad norm must not be negative")
         if self.seed < 0:
             raise InvalidConfig(f"seed {self.seed} must not be negative")
+        if self.store_dtype not in ("float32", "float16", "bfloat16"):
+            raise InvalidConfig(f"store dtype {self.store_dtype!r} is not one of float32, float16, bfloat16")
 
     def to_dict(self) -> dict:
         """Return the fields as a JSON-ready dict."""
@@ -120,6 +124,11 @@ def _device(model: nn.Module) -> torch.device:
 
 def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> Metrics:
     """Evaluate a classifier in eval mode without autograd; batches must carry `labels`."""
+    return scores(*predictions(model, batches))
+
+
+def predictions(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[list[int], list[int]]:
+    """Gold and arg-max predicted class indices of every example, in eval mode without autograd."""
     device = _device(model)
     model.eval()
     gold: list[int] = []
@@ -129,7 +138,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> Me
             logits = model(**{k: v.to(device) for k, v in batch.items()})
             gold.extend(batch["labels"].tolist())
             pred.extend(logits.argmax(-1).tolist())
-    return scores(gold, pred)
+    return gold, pred
 
 
 def _schedule(total: int, warmup: float) -> Callable[[int], float]:

@@ -1,12 +1,14 @@
-"""Houlsby adapters: initialisation, placement, near-identity at init, exact detach."""
+"""Houlsby adapters and the engine's sites: initialisation, placement, near-identity, untouched backbone."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from streamlearn.adapters import Adapted, HoulsbyAdapter, swapped
-from streamlearn.methods import MethodConfig, TaskModules, attached
+from streamlearn.adapters import HoulsbyAdapter
+from streamlearn.backbone import fingerprint
+from streamlearn.engine import TaskModel, encoder, prepare
+from streamlearn.engine.sites import Route, Site, routed
+from streamlearn.methods import MethodConfig, build_parts
 
 
 def _batch(backbone, texts=("the movie was good", "bad plot and very dull film it was")):
@@ -32,48 +34,41 @@ def test_adapter_is_bottleneck_with_skip_and_gelu():
 
 
 def test_adapted_backbone_output_is_near_the_backbone_at_init(tiny_backbone):
-    """With fresh adapters the hidden states differ from the backbone's by under 5% of their scale."""
+    """With fresh adapters the pooled states differ from the bare backbone's by under 5% of their scale."""
     batch = _batch(tiny_backbone)
     with torch.no_grad():
         base = tiny_backbone.model(**batch).last_hidden_state
-        task = TaskModules(tiny_backbone, MethodConfig(adapter_size=16), classes=2)
-        with attached(tiny_backbone, task) as model:
-            adapted = model.encoder(**batch).last_hidden_state
+        parts = build_parts(tiny_backbone, MethodConfig(adapter_size=16), classes=2)
+        with routed(Route((parts,), None)):
+            adapted = encoder.encode(tiny_backbone, batch)
     assert (adapted - base).abs().max() < 0.05 * base.abs().max()
     assert not torch.equal(adapted, base)
 
 
-def test_two_adapters_per_layer_sit_after_the_output_projections(tiny_backbone):
-    """While attached, each layer's attention-output and FFN-output dropout is wrapped by an adapter."""
-    task = TaskModules(tiny_backbone, MethodConfig(adapter_size=4), classes=2)
-    with attached(tiny_backbone, task):
-        for i in range(2):
-            layer = tiny_backbone.layer(i)
-            for site in (layer.attention.output.dropout, layer.output.dropout):
-                assert isinstance(site, Adapted) and isinstance(site.base, torch.nn.Dropout)
-            assert layer.attention.output.LayerNorm is task.norms[1 + 2 * i]
-    assert isinstance(tiny_backbone.layer(0).output.dropout, torch.nn.Dropout)
+def test_sites_sit_after_the_output_projections_and_at_every_layernorm(tiny_backbone):
+    """Each layer's attention-output and FFN-output dropout and every LayerNorm is a Site over the original module."""
+    before = fingerprint(tiny_backbone.model)
+    prepare(tiny_backbone)
+    prepare(tiny_backbone)  # idempotent: no site over a site
+    for i in range(2):
+        layer = tiny_backbone.layer(i)
+        for site, role in ((layer.attention.output.dropout, "adapter"), (layer.output.dropout, "adapter"),
+                           (layer.attention.output.LayerNorm, "norm"), (layer.output.LayerNorm, "norm")):
+            assert isinstance(site, Site) and site.role == role and not isinstance(site.base, Site)
+        assert isinstance(layer.attention.output.dropout.base, torch.nn.Dropout)
+    assert isinstance(tiny_backbone.model.embeddings.LayerNorm, Site)
+    assert fingerprint(tiny_backbone.model) == before == tiny_backbone.info.fingerprint
 
 
-def test_detach_restores_the_exact_modules_and_flags_even_on_error(tiny_backbone):
-    """After the block (even one that raises) the original module objects and eval mode are back."""
-    before = dict(tiny_backbone.model.named_modules())
-    task = TaskModules(tiny_backbone, MethodConfig(adapter_size=4), classes=2)
-    with pytest.raises(RuntimeError, match="boom"):
-        with attached(tiny_backbone, task) as model:
-            model.train()
-            raise RuntimeError("boom")
-    after = dict(tiny_backbone.model.named_modules())
-    assert before.keys() == after.keys()
-    assert all(before[name] is after[name] for name in before)
+def test_training_a_task_model_never_changes_the_shared_modules_flags(tiny_backbone):
+    """TaskModel.train() switches only the task's own modules; the shared backbone stays in eval mode, frozen."""
+    model = TaskModel(tiny_backbone, build_parts(tiny_backbone, MethodConfig(adapter_size=4), classes=2))
+    model.train()
+    batch = _batch(tiny_backbone)
+    loss = model(**batch).sum()
+    loss.backward()
     assert not any(m.training for m in tiny_backbone.model.modules())
     assert not any(p.requires_grad for p in tiny_backbone.model.parameters())
-
-
-def test_swapped_replaces_by_dotted_path_and_restores():
-    """A module swapped at a dotted path is visible inside the block and the original is back after."""
-    root = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.ReLU()))
-    original = root[1][0]
-    with swapped(root, {"1.0": torch.nn.Tanh()}):
-        assert isinstance(root[1][0], torch.nn.Tanh)
-    assert root[1][0] is original
+    assert all(p.grad is not None for p in model.parameters())
+    assert {n for n, _ in model.named_parameters()} == {f"parts.{n}" for n, _ in model.parts.named_parameters()}
+    assert fingerprint(tiny_backbone.model) == tiny_backbone.info.fingerprint

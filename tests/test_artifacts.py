@@ -12,7 +12,9 @@ from streamlearn import pipeline, predictor
 from streamlearn.artifacts import ArtifactStore, read_artifact, write_artifact
 from streamlearn.backbone import load_backbone
 from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig
-from streamlearn.methods import MethodConfig, TaskModules
+from streamlearn.engine.loading import loaded_from_parts, parts_from_tensors
+from streamlearn.methods import MethodConfig
+from streamlearn.sidecar import ArtifactMetadata
 from streamlearn.training import TrainConfig
 
 FAST = TrainConfig(epochs=1, lr=1e-2, batch_size=16, max_length=32)
@@ -26,9 +28,9 @@ def fitted(tiny_dataset, tiny_backbone):
 
 
 def _in_memory_predictor(result, backbone):
-    task = TaskModules(backbone, MethodConfig.from_dict(result.metadata["method_config"]), len(result.metadata["labels"]))
-    task.load_state_dict(result.tensors)
-    return predictor.Predictor(task.eval(), result.metadata, backbone)
+    meta = ArtifactMetadata.from_sidecar(result.metadata)
+    parts = parts_from_tensors(backbone, meta, result.tensors, "in memory")
+    return predictor.Predictor(loaded_from_parts("tiny", parts, meta), backbone)
 
 
 @pytest.mark.parametrize("method", ["adapter", "layernorm", "top-k", "full"])
@@ -51,11 +53,15 @@ def test_artifact_is_exactly_two_files_with_a_complete_sidecar(tmp_path, fitted)
     tensors, meta = read_artifact(info.path)
     assert set(tensors) == set(fitted.tensors)
     assert meta["sha256"] == info.sha256 and meta["bytes"] == info.path.stat().st_size == info.bytes
-    assert (meta["method"], meta["adapter_size"], meta["sigma"], meta["pooling"]) == ("adapter", 8, 0.01, "mean")
+    method = meta["method"]
+    assert (method["method"], method["adapter_size"], method["sigma"], method["pooling"]) == ("adapter", 8, 0.01, "mean")
     assert meta["labels"] == ["neg", "pos"]
     assert meta["backbone"]["fingerprint"] == fitted.metadata["backbone"]["fingerprint"]
     assert meta["trainable_params"] == meta["stored_params"] == fitted.trainable_params
-    assert meta["train_config"]["epochs"] == 1 and meta["method_config"]["method"] == "adapter"
+    assert meta["format"] == 2 and meta["dtype"] == "float32" and meta["sources"] == []
+    assert meta["train"]["epochs"] == 1 and "method_config" not in meta and "adapter_size" not in meta
+    assert all(set(f) == {"sha256", "key"} and f["key"] == f"datasets/{f['sha256']}.jsonl" for f in meta["data"]["files"].values())
+    assert str(tmp_path) not in info.sidecar.read_text()
     header_len = int.from_bytes(info.path.read_bytes()[:8], "little")
     assert json.loads(info.path.read_bytes()[8 : 8 + header_len])["__metadata__"]["format"] == "streamlearn"
 

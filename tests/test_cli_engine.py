@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from streamlearn.cli import main
-from streamlearn.methods import expected_trainable
+from streamlearn.storage import task_params
 
 TRAIN_KEYS = {"method", "trainable_params", "backbone_params", "stored_params", "bytes", "artifact",
               "val_accuracy", "test_accuracy", "epochs", "train_examples_per_s", "seconds"}
@@ -35,7 +35,7 @@ def test_train_json_prints_one_object_and_writes_the_artifact(runner, tiny_task_
     summary = json.loads(result.stdout)
     assert TRAIN_KEYS <= set(summary)
     assert summary["method"] == "adapter" and summary["epochs"] == 1
-    assert summary["trainable_params"] == summary["stored_params"] == expected_trainable(2, 32, 8, 2)
+    assert summary["trainable_params"] == summary["stored_params"] == task_params(2, 32, 8, 2)
     assert summary["artifact"] == str(tmp_path / "out" / f"{tiny_task_files['train'].parent.name}-adapter.safetensors")
     assert (tmp_path / "out").is_dir() and len(list((tmp_path / "out").iterdir())) == 2
     assert summary["bytes"] == (tmp_path / "out" / summary["artifact"]).stat().st_size

@@ -33,10 +33,12 @@ def test_task_params_is_about_4Lmd_for_large_adapters() -> None:
 
 
 def test_task_params_agrees_with_the_engine() -> None:
-    """The storage law and the engine's trainable-parameter count are the same formula."""
-    methods = pytest.importorskip("streamlearn.methods")
-    for L, d, m, C in [(6, 384, 64, 2), (2, 32, 8, 3), (12, 768, 256, 1000)]:
-        assert storage.task_params(L, d, m, C) == methods.expected_trainable(L, d, m, C)
+    """The storage law and the method registry's parameter count are the same formula, AdapterDrop included."""
+    from streamlearn.methods import MethodConfig, Shape, parameter_count
+
+    for L, d, m, C, N in [(6, 384, 64, 2, 0), (2, 32, 8, 3, 1), (12, 768, 256, 1000, 5), (6, 384, 64, 2, 6)]:
+        assert storage.task_params(L, d, m, C, N) == parameter_count(MethodConfig(adapter_size=m, drop_layers=N), Shape(L, d, C))
+    assert storage.task_params(6, 384, 64, 2, 2) == 2 * 4 * (2 * 64 * 384 + 64 + 384) + 4 * 4 * 384 + 385 * 2
 
 
 def test_build_report_accumulates_in_arrival_order() -> None:
@@ -77,3 +79,14 @@ def test_plot_refuses_an_empty_report(tmp_path: Path) -> None:
     """There is nothing to draw without tasks, and plot() says so."""
     with pytest.raises(ValueError, match="no tasks"):
         storage.plot(storage.build_report([]), tmp_path / "x.png")
+
+
+def test_law_follows_each_tasks_drop_lower_depth_and_stored_dtype() -> None:
+    """A task stored as float16 with drop-lower 2 is held to the law at N = 2 and 2 bytes per parameter."""
+    import dataclasses
+
+    half = dataclasses.replace(_stored("half", 1_000), drop_layers=2, dtype="float16")
+    assert half.theoretical_bytes == storage.task_params(6, 384, 64, 2, 2) * 2
+    assert _stored("plain", 1_000).theoretical_bytes == 605_954 * 4
+    report = storage.build_report([half])
+    assert report["theoretical_total_bytes"] == half.theoretical_bytes

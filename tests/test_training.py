@@ -8,7 +8,8 @@ import torch
 from streamlearn import pipeline
 from streamlearn.backbone import fingerprint
 from streamlearn.errors import InvalidConfig
-from streamlearn.methods import MethodConfig, expected_trainable
+from streamlearn.methods import MethodConfig
+from streamlearn.storage import task_params
 from streamlearn.training import TrainConfig, _schedule, scores
 
 FAST = TrainConfig(epochs=2, lr=1e-2, batch_size=16, max_length=32)
@@ -72,12 +73,12 @@ def test_shared_backbone_is_bit_identical_after_each_method(tiny_dataset, tiny_b
 def test_fit_reports_formula_count_and_best_epoch(tiny_dataset, tiny_backbone):
     """The adapter fit trains the formula's count, and keeps the epoch with the best validation accuracy."""
     result = pipeline.fit(tiny_dataset, MethodConfig(adapter_size=8), TrainConfig(epochs=3, lr=1e-2, batch_size=16), tiny_backbone)
-    assert result.trainable_params == expected_trainable(2, 32, 8, 2)
+    assert result.trainable_params == task_params(2, 32, 8, 2)
     history = result.metadata["metrics"]["history"]
     best = max(history, key=lambda h: (h["val_accuracy"], h["val_macro_f1"]))
     assert result.best_epoch == best["epoch"] and result.val.accuracy == best["val_accuracy"]
     assert result.test is not None and result.test.examples == 16
-    assert result.metadata["train_config"]["lr"] == 1e-2
+    assert result.metadata["train"]["lr"] == 1e-2
 
 
 def test_progress_is_reported_after_every_step(tiny_dataset, tiny_backbone):
@@ -100,4 +101,4 @@ def test_adapter_training_lowers_the_loss(tiny_dataset, tiny_backbone):
 def test_default_learning_rate_is_resolved_per_method(tiny_dataset, tiny_backbone):
     """Without --lr the method's default learning rate is used and recorded."""
     result = pipeline.fit(tiny_dataset, MethodConfig(method="layernorm"), TrainConfig(epochs=1), tiny_backbone)
-    assert result.metadata["train_config"]["lr"] == 1e-3
+    assert result.metadata["train"]["lr"] == 1e-3

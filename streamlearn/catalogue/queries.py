@@ -232,15 +232,19 @@ def storage_report(s: Session) -> dict[str, Any]:
         select(
             Task.name, Artifact.method, ranked.c.task_bytes, ranked.c.task_artifacts, Artifact.adapter_size,
             Artifact.classes, Artifact.stored_params, Backbone.name, Backbone.fingerprint, Backbone.layers,
-            Backbone.hidden, Backbone.params, Backbone.bytes,
+            Backbone.hidden, Backbone.params, Backbone.bytes, Job.hyperparameters,
         )
         .join(ranked, and_(ranked.c.task_id == Task.id, ranked.c.rn == 1))
         .join(Artifact, Artifact.id == ranked.c.artifact_id)
         .join(Backbone, Backbone.id == Artifact.backbone_id)
+        .join(Job, Job.id == Artifact.job_id)
         .order_by(Task.id)
     )
-    # PostgreSQL's SUM of a BIGINT is NUMERIC (a Decimal here): back to int.
+    # PostgreSQL's SUM of a BIGINT is NUMERIC (a Decimal here): back to int. A job of release
+    # 0.1.0 has no drop_layers / store_dtype in its hyperparameters: 0 and float32 then.
     return build_report(
-        StoredTask(task, method, int(total), int(n), m, classes, stored, bb, fp, layers, hidden, params, bb_bytes)
-        for task, method, total, n, m, classes, stored, bb, fp, layers, hidden, params, bb_bytes in s.execute(stmt)
+        StoredTask(task, method, int(total), int(n), m, classes, stored, bb, fp, layers, hidden, params, bb_bytes,
+                   drop_layers=int((hp or {}).get("method", {}).get("drop_layers", 0)),
+                   dtype=str((hp or {}).get("train", {}).get("store_dtype", "float32")))
+        for task, method, total, n, m, classes, stored, bb, fp, layers, hidden, params, bb_bytes, hp in s.execute(stmt)
     )

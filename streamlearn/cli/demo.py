@@ -161,9 +161,10 @@ def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int) ->
             submission = jobs.submit(
                 data / f"{task}.jsonl", name=task, validation=data / f"{task}.validation.jsonl",
                 test=data / f"{task}.test.jsonl", spec=DataSpec(),
-                method={"method": "adapter", "adapter_size": 64, "top_k": 1, "sigma": 1e-2, "pooling": "mean"},
+                method={"method": "adapter", "adapter_size": 64, "top_k": 1, "sigma": 1e-2, "pooling": "mean",
+                        "drop_layers": 0},
                 train_config={"epochs": epochs, "lr": None, "batch_size": 32, "max_length": max_length, "seed": 0,
-                              "warmup": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0},
+                              "warmup": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "store_dtype": "float32"},
             )
             console.print(f"submitted {task}: job {submission.job_id}")
             final |= follow({task: submission.job_id}, worker, log_path)

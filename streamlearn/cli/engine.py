@@ -13,6 +13,7 @@ import click
 
 from streamlearn.cli import echo_json, main, make_console
 from streamlearn.errors import InvalidConfig
+from streamlearn.methods import METHODS
 
 BACKBONE_HELP = (
     "Backbone model directory (BERT, RoBERTa or DistilBERT layout). "
@@ -49,10 +50,8 @@ def with_data_limits(*extra_lines: str):
 def training_options(func):
     """The training flags shared by `train` and `submit-task`."""
     options = [
-        click.option("--method", type=click.Choice(["adapter", "full", "top-k", "layernorm"]), default="adapter",
-                     show_default=True,
-                     help="adapter: Houlsby adapters + LayerNorms + head; full: every weight (on a copy); "
-                          "top-k: the top K layers + head; layernorm: LayerNorms + head."),
+        click.option("--method", type=click.Choice(list(METHODS)), default="adapter", show_default=True,
+                     help="; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + "."),
         click.option("--adapter-size", type=click.IntRange(1, 8192), default=64, show_default=True,
                      help="Adapter bottleneck width m."),
         click.option("--top-k", type=click.IntRange(1, None), default=1, show_default=True,
@@ -61,6 +60,13 @@ def training_options(func):
                      help="Std of the adapters' truncated-normal init."),
         click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean", show_default=True,
                      help="Head pooling over token states."),
+        click.option("--drop-lower", "drop_layers", type=click.IntRange(0, None), default=0, show_default=True,
+                     help="AdapterDrop N (adapter, layernorm): no per-task parts in the lowest N layers or the "
+                          "embeddings, whose LayerNorms stay the backbone's; 0 is the faithful Houlsby method."),
+        click.option("--store-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+                     show_default=True,
+                     help="Dtype of the stored tensors, cast once after training; the recorded metrics are "
+                          "measured with the cast tensors (float16/bfloat16 halve the artifact)."),
         click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True,
                      help="Passes over the training set."),
         click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
@@ -111,9 +117,9 @@ def backbone_option(func):
                    "stem (its folder's name for a file called train.jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table; no progress bar.")
 @with_data_limits()
-def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr, batch_size,
-                  max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field, max_classes,
-                  max_line_bytes, train_cap, backbone_dir, output, as_json) -> None:
+def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, drop_layers, store_dtype,
+                  epochs, lr, batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field,
+                  label_field, max_classes, max_line_bytes, train_cap, backbone_dir, output, as_json) -> None:
     """Train one task in this process (no queue, no catalogue) and write its artifact.
 
     DATA is a JSONL (or .jsonl.gz) file with one {"text": ..., "label": ...} object per line, and
@@ -131,9 +137,11 @@ def train_command(data, validation, test_file, method, adapter_size, top_k, sigm
     from streamlearn.methods import MethodConfig
     from streamlearn.training import TrainConfig
 
-    method_cfg = MethodConfig(method=method, adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling)
+    method_cfg = MethodConfig(method=method, adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling,
+                              drop_layers=drop_layers)
     train_cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
-                            warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+                            warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+                            store_dtype=store_dtype)
     target = Path(output) / f"{_task_name(Path(data))}-{method}.safetensors"
     summary = run_train(dataset, method_cfg, train_cfg, backbone_dir, target, show_progress=not as_json)
     if as_json:
@@ -256,49 +264,59 @@ def render_predictions(result: dict, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("text", "label", "probability")
+    tasks = "task" in (result["predictions"][0] if result["predictions"] else {})
+    table = Table(*(("task",) if tasks else ()), "text", "label", "probability")
     for row in result["predictions"]:
         text = row["text"] if len(row["text"]) <= 80 else row["text"][:77] + "..."
-        table.add_row(text, row["label"], f"{row['probability']:.3f}")
+        table.add_row(*((row["task"],) if tasks else ()), text, str(row["label"]), f"{row['probability']:.3f}")
     console = Console()
     console.print(table)
-    if "accuracy" in result:
+    if isinstance(result.get("accuracy"), dict):
+        for task, accuracy in result["accuracy"].items():
+            console.print(f"{task}: accuracy {accuracy:.4f}")
+    elif "accuracy" in result:
         console.print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
 
 
 @main.command("predict")
 @click.argument("texts", nargs=-1)
 @click.option("--artifact", type=click.Path(dir_okay=False),
-              help="A task artifact (.safetensors with its .json sidecar). Without it, the first argument is a "
-                   "TASK name and the task's artifact in the catalogue is used.")
+              help="A task artifact (.safetensors with its .json sidecar). Without it, the first argument is "
+                   "TASK, TASK,TASK... or all, and each task's current artifact in the catalogue is used.")
 @click.option("--input", "input_file", type=click.Path(dir_okay=False),
-              help="JSONL with a text per line (labels optional; when all lines have one, accuracy is printed).")
+              help="JSONL with a text per line (text_pair for pair tasks; labels optional: with a label on "
+                   "every line of a task, its accuracy is printed). Without --artifact, a line's own "
+                   "\"task\" field routes it (a mixed file).")
 @backbone_option
 @click.option("--server", envvar="STREAMLEARN_SERVER", default=None,
               help="URL of a running `streamlearn serve` (default: $STREAMLEARN_SERVER) to ask instead of loading "
-                   "the backbone here; needs a TASK, not --artifact. Sends $STREAMLEARN_API_TOKEN when set.")
+                   "the backbone here (not with --artifact). Sends $STREAMLEARN_API_TOKEN when set.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def predict_command(texts, artifact, input_file, backbone_dir, server, as_json) -> None:
     """Print the most likely label and its probability for each TEXT and each --input line.
 
-    Usage: `predict TASK [TEXT ...]` (the task's stored artifact) or `predict --artifact FILE [TEXT ...]`.
-    The artifact's sha256 (also against the catalogue's, for a TASK) and its backbone fingerprint
-    are checked first; an artifact trained on another backbone is refused. With --server (or
-    STREAMLEARN_SERVER) the server does this and answers; the output is the same.
+    Usage: `predict TASK[,TASK...]|all [TEXT ...]` (the catalogue's current artifacts; several
+    tasks run in one pass over the shared backbone, each text with every task),
+    `predict --input FILE.jsonl` (each line names its task), or `predict --artifact FILE [TEXT ...]`.
+    Every artifact's sha256 (also against the catalogue's, for a task) and its backbone fingerprint
+    are checked first; an artifact trained on another backbone is refused, and an unknown task is
+    an error that names it. With --server URL (or STREAMLEARN_SERVER) a running `streamlearn serve`
+    answers instead, with the same output.
     """
-    expected_sha256 = None
-    if server and artifact is None:
-        if not texts:
-            raise click.UsageError("give a TASK name (see `streamlearn tasks`)")
-        from streamlearn.serve.client import predict_via_server
-
-        render_predictions(predict_via_server(server, texts[0], list(texts[1:]), input_file), as_json)
+    if artifact is not None:
+        render_predictions(predict_rows(artifact, list(texts), input_file, backbone_dir), as_json)
         return
-    if artifact is None:
-        if not texts:
-            raise click.UsageError("give a TASK name (see `streamlearn tasks`) or --artifact FILE")
-        from streamlearn.cli.service import task_artifact
+    if not texts and input_file is None:
+        raise click.UsageError("give TASK[,TASK...]|all (see `streamlearn tasks`), --input FILE or --artifact FILE")
+    import streamlearn
+    from streamlearn.prediction import answer, read_lines
 
-        artifact, expected_sha256 = task_artifact(texts[0])
-        texts = texts[1:]
-    render_predictions(predict_rows(artifact, list(texts), input_file, backbone_dir, expected_sha256), as_json)
+    lines = read_lines(input_file) if input_file is not None else []
+    tasks, texts = (texts[0], list(texts[1:])) if texts else (None, [])
+    if server:
+        from streamlearn.serve.client import ServerSession
+
+        render_predictions(answer(ServerSession(server), tasks, texts, lines), as_json)
+        return
+    with streamlearn.open(backbone=backbone_dir) as session:
+        render_predictions(answer(session, tasks, texts, lines), as_json)

@@ -81,8 +81,8 @@ def worker(concurrency: int, queues: str | None, loglevel: str, pool: str) -> No
 @click.option("--wait", is_flag=True, help="Show live progress until the job ends, then its result.")
 @click.option("--json", "as_json", is_flag=True, help="Print {job_id, task, status} as JSON (and trials: [ids] for a sweep).")
 @with_data_limits("task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit")
-def submit_task_command(data, name, validation, test_file, method, adapter_size, top_k, sigma, pooling, epochs, lr,
-                        batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field,
+def submit_task_command(data, name, validation, test_file, method, adapter_size, top_k, sigma, pooling, drop_layers,
+                        store_dtype, epochs, lr, batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field,
                         max_classes, max_line_bytes, sweep_name, grid, seeds, prefer_smaller, force, wait,
                         as_json) -> None:
     """Validate DATA, store it, and queue a training job for a worker.
@@ -110,9 +110,11 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
     submit = jobs.submit if spec is None else functools.partial(trials.submit_sweep, sweep=spec)
     submission = submit(
         data, name=name, validation=validation, test=test_file, force=force,
-        method={"method": method, "adapter_size": adapter_size, "top_k": top_k, "sigma": sigma, "pooling": pooling},
+        method={"method": method, "adapter_size": adapter_size, "top_k": top_k, "sigma": sigma, "pooling": pooling,
+                "drop_layers": drop_layers},
         train_config={"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed,
-                      "warmup": warmup, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm},
+                      "warmup": warmup, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
+                      "store_dtype": store_dtype},
         spec=DataSpec(text_field=text_field, label_field=label_field, max_classes=max_classes,
                       max_line_bytes=max_line_bytes),
     )
@@ -291,23 +293,3 @@ def jobs_command(status: str | None, as_json: bool) -> None:
         console.print(table)
     if warning:
         console.print(f"[yellow]{warning}[/yellow]")
-
-
-def task_artifact(task: str) -> tuple[str, str]:
-    """The current artifact of `task` as (path, sha256), for `predict TASK`.
-
-    Raises:
-        UnknownTask: no such task, or it has no artifact yet.
-    """
-    from streamlearn.catalogue.queries import task_table
-    from streamlearn.catalogue.records import find_task
-    from streamlearn.catalogue.session import session_scope
-    from streamlearn.errors import UnknownTask
-    from streamlearn.jobs import artifact_path
-
-    with session_scope(readonly=True) as s:
-        find_task(s, task)
-        row = next(r for r in task_table(s) if r["task"] == task)
-    if row["uri"] is None:
-        raise UnknownTask(f"task {task!r} has no trained artifact yet (status: {row['status']})")
-    return str(artifact_path(row["uri"])), row["sha256"]

@@ -1,16 +1,15 @@
-"""How a batch of rows of several tasks becomes logits.
+"""How a batch of rows of several tasks becomes logits, on the multi-task engine.
 
-Two backends share one small interface (`load`, `attach`, `detach`, `logits`, `classify`):
+One backend, two ways of batching:
 
-- `SwitchBackend` attaches one task at a time and runs its rows, then the next task's: the
-  "switch adapters between batches" baseline that S-LoRA (Sheng et al. 2023, Sec. 7) measures
-  PEFT against. It needs only `predictor.load_predictor`.
-- `EngineBackend` hands the whole mixed batch to the multi-task engine, where rows of different
-  tasks share one forward through the backbone.
+- `mixed` (`--backend engine`, the default): the whole batch is one `Engine.logits` call, so
+  rows of different tasks share every forward through the backbone.
+- not mixed (`--backend switch`): the batch is split by task and each task's rows run on their
+  own, one task per forward: the "switch adapters between batches" baseline that S-LoRA (Sheng et
+  al. 2023, arXiv:2311.03285, Sec. 7) measures its server against (PEFT serving one adapter per batch).
 
 `load` does the slow part (read, sha256, backbone fingerprint, tensors) and changes nothing
-shared; `attach` and `logits` are only ever called from the one inference thread, so the set of
-parts a batch sees never changes while it runs.
+shared; `attach`, `detach` and `logits` are only ever called from the one inference thread.
 """
 
 from __future__ import annotations
@@ -18,19 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import torch
 
 from streamlearn.backbone import Backbone
+from streamlearn.engine import Engine, Item, LoadedTask, load_task
 
-
-class Item(NamedTuple):
-    """One row to classify: the task, its text, and its second text for a pair task."""
-
-    task: str
-    text: str
-    text_pair: str | None = None
+__all__ = ["Backend", "Item", "Loaded"]
 
 
 @dataclass(frozen=True)
@@ -39,79 +32,78 @@ class Loaded:
 
     task: str
     """Task name."""
-    labels: tuple[str, ...]
-    """Class names, in logit order."""
-    pair: bool
-    """True when the task classifies text pairs."""
-    nbytes: int
-    """Bytes of its per-task tensors in memory."""
     sha256: str
     """Digest of the artifact file it came from."""
-    parts: Any
-    """What the backend attaches (a Predictor or the engine's LoadedTask)."""
+    parts: LoadedTask
+    """The engine's loaded task (labels, pair, max length, parts)."""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class names, in logit order."""
+        return self.parts.labels
+
+    @property
+    def pair(self) -> bool:
+        """True when the task classifies text pairs."""
+        return self.parts.pair
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its per-task parts in memory."""
+        return self.parts.nbytes
 
 
-def _nbytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+class Backend:
+    """The resident tasks on one `Engine`.
 
+    Args:
+        backbone: The shared backbone.
+        mixed: One forward for all of a batch's tasks (True) or one per task (False, the baseline).
+    """
 
-class SwitchBackend:
-    """One task attached at a time: the rows of a batch run task by task (the baseline)."""
-
-    name = "switch"
-
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, mixed: bool = True) -> None:
         self.backbone = backbone
-        self._tasks: dict[str, Loaded] = {}
+        self.mixed = mixed
+        self.engine = Engine(backbone)
+
+    @property
+    def name(self) -> str:
+        """`engine` or `switch`, as the `--backend` flag names it."""
+        return "engine" if self.mixed else "switch"
 
     def load(self, task: str, path: Path, sha256: str) -> Loaded:
         """Read and verify `task`'s artifact (ArtifactCorrupt, BackboneMismatch on failure)."""
-        from streamlearn.predictor import load_predictor
-
-        predictor = load_predictor(path, self.backbone, sha256)
-        return Loaded(task, predictor.labels, bool(predictor.metadata.get("pair", False)), _nbytes(predictor.task),
-                      sha256, predictor)
+        return Loaded(task, sha256, load_task(path, self.backbone, expected_sha256=sha256, name=task))
 
     def attach(self, loaded: Loaded) -> None:
-        """Make `loaded` the resident version of its task (replacing an older one)."""
-        self._tasks[loaded.task] = loaded
+        """Make `loaded` the resident version of its task (the engine replaces atomically)."""
+        self.engine.attach(loaded.task, loaded.parts)
 
     def detach(self, task: str) -> None:
         """Drop a task's parts."""
-        self._tasks.pop(task, None)
+        self.engine.detach(task)
 
     def logits(self, items: Sequence[Item], batch_size: int) -> list[torch.Tensor]:
-        """One logits row per item, in order; each task's rows run with only that task attached."""
+        """One logits row per item, in input order."""
+        if self.mixed:
+            return self.engine.logits(items, batch_size=batch_size)
         out: list[torch.Tensor | None] = [None] * len(items)
-        groups: dict[str, list[int]] = {}
+        rows_of: dict[str, list[int]] = {}
         for i, item in enumerate(items):
-            groups.setdefault(item.task, []).append(i)
-        for task, rows in groups.items():
-            predictor = self._tasks[task].parts
-            pairs = [items[i].text_pair for i in rows] if self._tasks[task].pair else None
-            logits = predictor.logits([items[i].text for i in rows], pairs, batch_size=batch_size)
-            for i, row in zip(rows, logits):
+            rows_of.setdefault(item.task, []).append(i)
+        for rows in rows_of.values():
+            for i, row in zip(rows, self.engine.logits([items[i] for i in rows], batch_size=batch_size)):
                 out[i] = row
         return out  # type: ignore[return-value]
 
     def classify(self, texts: Sequence[str], pairs: Sequence[str] | None, tasks: Sequence[str],
                  batch_size: int) -> dict[str, torch.Tensor]:
-        """(len(texts), C) logits per task, each task run on its own."""
-        return {t: self._tasks[t].parts.logits(texts, pairs if self._tasks[t].pair else None, batch_size=batch_size)
-                for t in tasks}
+        """(len(texts), C) logits per task: the engine's Parallel path (mixed), or task after task."""
+        if self.mixed:
+            return self.engine.classify(texts, pairs, tasks, batch_size=batch_size)
+        return {t: self.engine.classify(texts, pairs, [t], batch_size=batch_size)[t] for t in tasks}
 
 
-def make_backend(kind: str, backbone: Backbone):
+def make_backend(kind: str, backbone: Backbone) -> Backend:
     """The backend named `kind` (`engine` or `switch`) on `backbone`."""
-    if kind == "switch":
-        return SwitchBackend(backbone)
-    try:
-        from streamlearn.serve.engine_backend import EngineBackend
-
-        return EngineBackend(backbone)
-    except ModuleNotFoundError as exc:
-        if exc.name != "streamlearn.engine":
-            raise
-        from streamlearn.errors import InvalidConfig
-
-        raise InvalidConfig("the multi-task engine (streamlearn.engine) is not installed; use --backend switch") from None
+    return Backend(backbone, mixed=kind == "engine")

@@ -19,12 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamlearn.serve.backends import Item
-
 
 @dataclass
 class _Request:
-    items: Sequence[Item]
+    items: Sequence[Any]
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
 
@@ -33,14 +31,14 @@ class Batcher:
     """Gathers the rows of concurrent requests into batches and runs them in one worker thread.
 
     Args:
-        run: Called in the inference thread with a batch's items; returns one outcome per item
+        run: Called in the inference thread with a batch's items (`backends.Item` rows); returns one outcome per item
             (a result, or the StreamlearnError of that row).
         max_batch_size: Most rows per batch.
         max_wait_ms: Longest the oldest request waits for others.
         on_batch: Called with each batch's row count (metrics).
     """
 
-    def __init__(self, run: Callable[[list[Item]], list[Any]], max_batch_size: int, max_wait_ms: float,
+    def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch_size: int, max_wait_ms: float,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.run = run
         self.max_batch_size = max_batch_size
@@ -66,7 +64,7 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    async def submit(self, items: Sequence[Item]) -> list[Any]:
+    async def submit(self, items: Sequence[Any]) -> list[Any]:
         """Queue one request's items and wait for their outcomes, in order."""
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Request(items, future))

@@ -1,13 +1,16 @@
 """`streamlearn predict --server URL`: the same answer as in-process, from a running server.
 
-Imports neither torch nor the server; only httpx (and, when every input line has a label, the
-scoring function, to print accuracy as the in-process command does).
+`ServerSession` has the two methods `prediction.answer` uses of an in-process `Session`
+(`tasks`, `predict_items`), so the command's output is built by the same function either way.
+It imports neither torch nor the server, only httpx.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
+from streamlearn.api import Prediction
 from streamlearn.errors import InvalidConfig, StreamlearnError, UnknownTask
 
 TIMEOUT = 60.0
@@ -15,50 +18,45 @@ TIMEOUT = 60.0
 
 
 class ServerError(StreamlearnError):
-    """The server refused the request or could not be reached (its one-line error is kept)."""
+    """The server could not be reached or failed (its one-line error is kept)."""
 
 
-def predict_via_server(server: str, task: str, texts: list[str], input_file: str | None) -> dict:
-    """The `predict_rows` dict for `task`, answered by the server at `server`.
+class ServerSession:
+    """A running `streamlearn serve`, spoken to over HTTP; sends $STREAMLEARN_API_TOKEN when set.
 
-    Raises:
-        UnknownTask: the server does not know the task.
-        InvalidConfig: no input, or the server refused it.
-        ServerError: the server is unreachable or failed.
+    Args:
+        url: The server's base URL, e.g. `http://127.0.0.1:8000`.
     """
-    import httpx
 
-    from streamlearn.data import Example, read_jsonl
+    def __init__(self, url: str) -> None:
+        token = os.environ.get("STREAMLEARN_API_TOKEN")
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    examples = [Example(t, None) for t in texts]
-    if input_file is not None:
-        examples += read_jsonl(input_file, require_label=False)
-    if not examples:
-        raise InvalidConfig("nothing to predict: give TEXT arguments or --input FILE.jsonl")
-    items = [{"task": task, "text": ex.text, **({"text_pair": ex.text_pair} if ex.text_pair is not None else {})}
-             for ex in examples]
-    token = os.environ.get("STREAMLEARN_API_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    url = server.rstrip("/") + "/v1/predict"
-    try:
-        response = httpx.post(url, json={"items": items, "probabilities": False}, headers=headers, timeout=TIMEOUT)
-    except httpx.HTTPError as exc:
-        raise ServerError(f"server {server} unreachable: {exc}") from None
-    if response.status_code != 200:
+    def _call(self, method: str, path: str, body: dict | None = None):
+        import httpx
+
         try:
-            message = response.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:200]
-        kind = UnknownTask if response.status_code == 404 else InvalidConfig if response.status_code == 422 else ServerError
-        raise kind(f"server {server}: {message}")
-    results = response.json()["results"]
-    out: dict = {"artifact": f"{server.rstrip('/')}#{task}", "predictions": [
-        {"text": ex.text, "label": r["label"], "probability": round(r["score"], 6)} for ex, r in zip(examples, results)
-    ]}
-    if all(ex.label is not None for ex in examples):
-        from streamlearn.training import scores
+            response = httpx.request(method, self.url + path, json=body, headers=self.headers, timeout=TIMEOUT)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"server {self.url} unreachable: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            kind = {404: UnknownTask, 422: InvalidConfig}.get(response.status_code, ServerError)
+            raise kind(f"server {self.url}: {message}")
+        return response.json()
 
-        index = {name: i for i, name in enumerate(sorted({str(ex.label) for ex in examples} | {r["label"] for r in results}))}
-        metrics = scores([index[str(ex.label)] for ex in examples], [index[r["label"]] for r in results])
-        out.update(accuracy=metrics.accuracy, macro_f1=metrics.macro_f1)
-    return out
+    def tasks(self) -> list[str]:
+        """Tasks with a trained artifact, in arrival order."""
+        return [row["task"] for row in self._call("GET", "/v1/tasks") if row["uri"] is not None]
+
+    def predict_items(self, items: Sequence[tuple]) -> list[Prediction]:
+        """Predict rows of several tasks in one request: each item is (task, text) or (task, text, text_pair)."""
+        body = {"items": [{"task": item[0], "text": item[1],
+                           **({"text_pair": item[2]} if len(item) > 2 and item[2] is not None else {})}
+                          for item in items]}
+        results = self._call("POST", "/v1/predict", body)["results"]
+        return [Prediction(r["task"], r["label"], r["score"], r["probabilities"]) for r in results]

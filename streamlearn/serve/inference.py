@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from streamlearn.api import Prediction
+from streamlearn.engine import check_item as engine_check
 from streamlearn.errors import InvalidConfig, StreamlearnError
 from streamlearn.serve.backends import Item, Loaded
 from streamlearn.serve.resident import NoRoom, ResidentSet
@@ -24,19 +26,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Result:
-    """One row's answer."""
+class Result(Prediction):
+    """One row's answer: the API's Prediction, and which artifact gave it."""
 
-    task: str
-    """Task that answered."""
-    label: str
-    """Most likely class."""
-    score: float
-    """Its probability."""
-    probabilities: dict[str, float]
-    """Every class's probability."""
-    sha256: str
-    """Artifact that answered (its digest)."""
+    sha256: str = ""
+    """Digest of the artifact that answered."""
 
     def to_json(self, probabilities: bool = True) -> dict:
         """The `/v1/predict` result object."""
@@ -55,17 +49,16 @@ def results(loaded: Loaded, logits: torch.Tensor) -> list[Result]:
 
 
 def check_item(item: Item, loaded: Loaded) -> None:
-    """Refuse a row that disagrees with its task: a missing or unexpected text_pair, an empty text.
+    """Refuse a row that disagrees with its task (the engine's rule) or whose text is blank.
+
+    Checked per row before the batch runs, so one bad row fails only its own request.
 
     Raises:
         InvalidConfig: with one line naming the task.
     """
-    if not item.text.strip():
+    if not item.text.strip() or (item.text_pair is not None and not item.text_pair.strip()):
         raise InvalidConfig(f"task {item.task!r}: text is empty")
-    if loaded.pair and not item.text_pair:
-        raise InvalidConfig(f"task {item.task!r} classifies text pairs: every item needs a non-empty text_pair")
-    if not loaded.pair and item.text_pair is not None:
-        raise InvalidConfig(f"task {item.task!r} classifies single texts: remove text_pair")
+    engine_check(loaded.parts, item)
 
 
 class Inference:

@@ -116,8 +116,8 @@ def stack(tmp_path_factory, tiny_backbone_dir):
     workers.close()
 
 
-SERVER_FLAGS: tuple[str, ...] = ("--backend", "switch")
-"""Flags of the shared server."""
+SERVER_FLAGS: tuple[str, ...] = ()
+"""Flags of the shared server (the defaults: the mixed-batch engine backend)."""
 
 
 def _wait(env, job_id: str, workers, timeout: float = 120) -> dict:
@@ -130,8 +130,16 @@ def _wait(env, job_id: str, workers, timeout: float = 120) -> dict:
 
 
 def _in_process(env, task: str, texts: list[str], artifact: str | None = None) -> list[dict]:
-    args = ("predict", "--artifact", artifact, *texts) if artifact else ("predict", task, *texts)
-    return cli_json(env, *args)["predictions"]
+    """What `streamlearn predict TASK TEXT...` (or `--artifact FILE`) prints, computed in this process by its own functions."""
+    if artifact is not None:
+        from streamlearn.cli.engine import predict_rows
+
+        return predict_rows(artifact, texts, None, env["STREAMLEARN_BACKBONE"])["predictions"]
+    import streamlearn
+    from streamlearn.prediction import answer
+
+    with streamlearn.open(home=env["STREAMLEARN_HOME"], backbone=env["STREAMLEARN_BACKBONE"], device="cpu") as session:
+        return answer(session, task, texts, [])["predictions"]
 
 
 def _one_line_error(response: httpx.Response, status: int) -> str:
@@ -163,9 +171,9 @@ def test_http_predictions_equal_in_process_predict_and_mixed_requests_equal_sing
 def test_cli_predict_with_server_equals_in_process(stack):
     """`streamlearn predict --server URL` prints what the in-process command prints."""
     env = stack["env"]
-    via = cli_json(env, "predict", "beta", *TEXTS, "--server", stack["server"].url)["predictions"]
-    here = _in_process(env, "beta", TEXTS)
-    assert [p["label"] for p in via] == [p["label"] for p in here]
+    via = cli_json(env, "predict", "beta,gamma", *TEXTS, "--server", stack["server"].url)["predictions"]
+    here = cli_json(env, "predict", "beta,gamma", *TEXTS)["predictions"]
+    assert [(p["task"], p["text"], p["label"]) for p in via] == [(p["task"], p["text"], p["label"]) for p in here]
     assert all(abs(a["probability"] - b["probability"]) < 1e-5 for a, b in zip(via, here))
 
 
@@ -174,9 +182,9 @@ def test_pair_task_serves_pairs_and_refuses_rows_that_disagree(stack):
     server = stack["server"]
     ok = server.post("/v1/predict", {"items": [{"task": "duo", "text": "good fun", "text_pair": "and it was nice"}]})
     assert ok.status_code == 200 and ok.json()["results"][0]["label"] in ("pos", "neg")
-    assert "text_pair" in _one_line_error(server.post("/v1/predict", {"items": [{"task": "duo", "text": "good"}]}), 422)
+    assert "text pair" in _one_line_error(server.post("/v1/predict", {"items": [{"task": "duo", "text": "good"}]}), 422)
     wrong = server.post("/v1/predict", {"items": [{"task": "alpha", "text": "good", "text_pair": "bad"}]})
-    assert "single texts" in _one_line_error(wrong, 422)
+    assert "single text" in _one_line_error(wrong, 422)
 
 
 def test_classify_returns_every_tasks_result_for_every_text(stack):
@@ -367,27 +375,47 @@ def test_tampered_artifact_fails_its_task_only(stack):
     assert "items[1]" in _one_line_error(mixed, 503)
 
 
-def test_eviction_under_a_small_memory_budget_keeps_answers_correct_and_bytes_within_it(stack):
-    """With a budget of two and a half tasks, cycling over three tasks evicts, answers stay right, resident bytes stay under the budget."""
-    env, root = stack["env"], stack["root"]
+@pytest.fixture(scope="module")
+def guarded(stack):
+    """A second server on the same home: token required, switch backend, a budget of 2.5 tasks, alpha pinned."""
     probe = stack["server"]
     probe.post("/v1/predict", {"items": [{"task": t, "text": "good"} for t in ("alpha", "beta", "gamma")]})
     per_task = int(probe.metric("streamlearn_resident_bytes") / probe.metric("streamlearn_resident_tasks"))
     budget = per_task * 5 // 2
-    server = Server(env, root / "evict.log", *SERVER_FLAGS, "--memory-budget", str(budget), "--pin", "alpha")
-    try:
-        want = {t: probe.post("/v1/predict", {"items": [{"task": t, "text": x} for x in TEXTS]}).json()["results"]
-                for t in ("alpha", "beta", "gamma")}
-        for task in ("beta", "gamma", "beta", "alpha", "gamma", "beta"):
-            got = server.post("/v1/predict", {"items": [{"task": task, "text": x} for x in TEXTS]}).json()["results"]
-            assert [g["label"] for g in got] == [w["label"] for w in want[task]]
-            assert all(abs(g["score"] - w["score"]) < 1e-5 for g, w in zip(got, want[task]))
-            assert server.metric("streamlearn_resident_bytes") <= budget
-        assert server.metric("streamlearn_evictions") >= 3
-        mixed = server.post("/v1/predict", {"items": [{"task": t, "text": "good"} for t in ("beta", "gamma", "alpha")]})
-        assert mixed.status_code == 200 and server.metric("streamlearn_resident_bytes") <= budget
-    finally:
-        server.stop()
+    env = {**stack["env"], "STREAMLEARN_API_TOKEN": TOKEN}
+    server = Server(env, stack["root"] / "guarded.log", "--backend", "switch", "--memory-budget", str(budget),
+                    "--pin", "alpha", "--log-level", "debug")
+    yield server, budget
+    server.stop()
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_eviction_under_a_small_memory_budget_keeps_answers_correct_and_bytes_within_it(stack, guarded):
+    """With a budget of two and a half tasks, cycling over three tasks evicts, answers stay right, resident bytes stay under the budget."""
+    server, budget = guarded
+    probe = stack["server"]
+
+    def ask(srv, task, **kw):
+        body = {"items": [{"task": task, "text": x} for x in TEXTS]}
+        return srv.post("/v1/predict", body, **kw).json()["results"]
+
+    def metric(name):
+        line = next(x for x in server.get("/metrics", headers=AUTH).text.splitlines() if x.startswith(name + " "))
+        return float(line.split()[1])
+
+    want = {t: ask(probe, t) for t in ("alpha", "beta", "gamma")}
+    for task in ("beta", "gamma", "beta", "alpha", "gamma", "beta"):
+        got = ask(server, task, headers=AUTH)
+        assert [g["label"] for g in got] == [w["label"] for w in want[task]]
+        assert all(abs(g["score"] - w["score"]) < 1e-5 for g, w in zip(got, want[task]))
+        assert 0 < metric("streamlearn_resident_bytes") <= budget
+    assert metric("streamlearn_evictions") >= 3
+    mixed = server.post("/v1/predict", {"items": [{"task": t, "text": "good"} for t in ("beta", "gamma", "alpha")]},
+                        headers=AUTH)
+    assert mixed.status_code == 200 and metric("streamlearn_resident_bytes") <= budget
+    assert "evicted" in server.text()
 
 
 def test_non_loopback_bind_without_token_refuses_to_start(stack):
@@ -398,19 +426,15 @@ def test_non_loopback_bind_without_token_refuses_to_start(stack):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_token_is_required_when_set_and_never_logged(stack):
+def test_token_is_required_when_set_and_never_logged(guarded):
     """With a token, no header or a wrong one gets 401, the right one 200, and the token is not in the server log."""
-    env = {**stack["env"], "STREAMLEARN_API_TOKEN": TOKEN}
-    server = Server(env, stack["root"] / "token.log", *SERVER_FLAGS, "--log-level", "debug")
-    try:
-        body = {"items": [{"task": "alpha", "text": "good"}]}
-        assert "token" in _one_line_error(server.post("/v1/predict", body), 401)
-        assert "token" in _one_line_error(server.post("/v1/predict", body, headers={"Authorization": "Bearer nope"}), 401)
-        _one_line_error(server.get("/v1/tasks", headers={"Authorization": TOKEN}), 401)
-        _one_line_error(server.get("/metrics"), 401)
-        assert server.post("/v1/predict", body, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-        assert server.get("/v1/tasks", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-    finally:
-        server.stop()
+    server, _ = guarded
+    body = {"items": [{"task": "alpha", "text": "good"}]}
+    assert "token" in _one_line_error(server.post("/v1/predict", body), 401)
+    assert "token" in _one_line_error(server.post("/v1/predict", body, headers={"Authorization": "Bearer nope"}), 401)
+    _one_line_error(server.get("/v1/tasks", headers={"Authorization": TOKEN}), 401)
+    _one_line_error(server.get("/metrics"), 401)
+    assert server.post("/v1/predict", body, headers=AUTH).status_code == 200
+    assert server.get("/v1/tasks", headers=AUTH).status_code == 200
     log = server.text()
     assert "POST /v1/predict" in log and TOKEN not in log

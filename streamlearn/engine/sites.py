@@ -1,0 +1,199 @@
+"""Persistent sites: the places in the shared backbone where a task's parts act, routed per row.
+
+When an `Engine` first meets a backbone it replaces, once, every adapter site (the attention
+output and the FFN output, after their dropout: Houlsby et al. 2019, arXiv:1902.00751, Sec. 2.1 /
+Fig. 2) and every LayerNorm with a `Site` that holds the original module as `base` (peft's
+`base_layer`). A site keeps no task state of its own: each forward carries a `Route` (which task
+each row belongs to, and the parts of those tasks, snapshotted when the forward began), so a
+concurrent attach can never make one forward see old parts in one layer and new ones in the next,
+and several threads can run forwards at once. The route lives in a `contextvars.ContextVar`, which
+is per thread (and per asyncio task), not a process-global forward context.
+
+A site is transparent to `state_dict` (it returns its base's tensors under the base's name), so the
+backbone's fingerprint and tensor names do not change, and `copy.deepcopy` of a site is a copy of
+its base: a private copy of a layer (top-k) or of the model (full) is a plain Hugging Face module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which task's parts act on each row of one forward."""
+
+    parts: tuple  # tuple[TaskParts | None, ...]; None is the bare backbone (a Parallel trunk)
+    """The parts of each distinct task of the batch, in the order `index` refers to."""
+    index: torch.Tensor | None
+    """(rows,) position in `parts` of each row's task; None when every row belongs to `parts[0]`."""
+    training: bool = False
+    """Apply the sites' dropout (training); the shared modules themselves stay in eval mode."""
+
+    def rows(self, rows: torch.Tensor) -> Route:
+        """The route of a subset of the rows (for a group that a layer copy runs separately)."""
+        if self.index is None:
+            return self
+        return Route(self.parts, self.index.index_select(0, rows), self.training)
+
+    def groups(self) -> list[tuple[int, torch.Tensor | None]]:
+        """(position in `parts`, its rows) for every distinct task present; rows None means all."""
+        if self.index is None:
+            return [(0, None)]
+        return [(int(i), (self.index == i).nonzero().squeeze(1)) for i in torch.unique(self.index).tolist()]
+
+
+_ROUTE: contextvars.ContextVar[Route | None] = contextvars.ContextVar("streamlearn_route", default=None)
+
+
+@contextlib.contextmanager
+def routed(route: Route) -> Iterator[Route]:
+    """Make `route` the route of the forwards run inside the block (this thread/context only)."""
+    token = _ROUTE.set(route)
+    try:
+        yield route
+    finally:
+        _ROUTE.reset(token)
+
+
+def current() -> Route | None:
+    """The route of the forward running in this context, or None outside the engine."""
+    return _ROUTE.get()
+
+
+class Site(nn.Module):
+    """A shared backbone module plus the per-task parts that act at its place, chosen per row.
+
+    Args:
+        base: The backbone's module (left untouched; its tensors are never written).
+        key: Where the site is, in artifact terms: `embeddings`, `layers.3.attention`, `layers.3.ffn`.
+        role: `adapter` (after the sub-layer's output) or `norm` (a LayerNorm).
+    """
+
+    def __init__(self, base: nn.Module, key: str, role: str) -> None:
+        super().__init__()
+        self.base = base
+        self.key = key
+        self.role = role
+
+    def __deepcopy__(self, memo: dict) -> nn.Module:
+        # a private copy of a layer or model is the plain backbone module, without sites
+        return copy.deepcopy(self.base, memo)
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """The base's tensors under the base's own names (so the fingerprint is unchanged)."""
+        return self.base.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Apply the base, then (or instead, for a norm) each row's task's part."""
+        route = current()
+        if self.role == "norm":
+            return self._norm(hidden, route)
+        out = self._base(hidden, route)
+        if route is None:
+            return out
+        found = [(i, p.at(self.key).adapter) for i, p in enumerate(route.parts) if p is not None and p.at(self.key) is not None]
+        found = [(i, a) for i, a in found if a is not None]
+        if not found:
+            return out
+        if route.index is None:
+            return found[0][1](out)
+        return _mixed_adapters(out, route, found)
+
+    def _base(self, hidden: torch.Tensor, route: Route | None) -> torch.Tensor:
+        if isinstance(self.base, nn.Dropout):
+            # the shared module stays in eval mode; the route says whether this forward trains
+            active = route is not None and route.training and self._trains(route)
+            return F.dropout(hidden, self.base.p, training=active)
+        return self.base(hidden)
+
+    def _trains(self, route: Route) -> bool:
+        return any(p is not None and p.at(self.key) is not None for p in route.parts)
+
+    def _norm(self, hidden: torch.Tensor, route: Route | None) -> torch.Tensor:
+        if route is None:
+            return self.base(hidden)
+        norms = [self._task_norm(p) for p in route.parts]
+        if route.index is None:
+            return norms[0](hidden)
+        if all(n is self.base for n in norms):
+            return self.base(hidden)
+        # per-row LayerNorm: normalise once, then each row's own gain and bias (gathered)
+        base = self.base
+        flat = F.layer_norm(hidden, base.normalized_shape, None, None, base.eps)
+        weight = torch.stack([n.weight for n in norms]).index_select(0, route.index)
+        bias = torch.stack([n.bias for n in norms]).index_select(0, route.index)
+        return torch.addcmul(bias.unsqueeze(1), flat, weight.unsqueeze(1))
+
+    def _task_norm(self, parts) -> nn.Module:
+        site = parts.at(self.key) if parts is not None else None
+        return site.norm if site is not None and site.norm is not None else self.base
+
+
+def _mixed_adapters(out: torch.Tensor, route: Route, found: Sequence[tuple[int, nn.Module]]) -> torch.Tensor:
+    """Each row's own adapter; tasks with the same bottleneck width share one batched matmul."""
+    result = out.clone()
+    by_width: dict[int, list[tuple[int, nn.Module]]] = {}
+    for i, adapter in found:
+        by_width.setdefault(adapter.down.out_features, []).append((i, adapter))
+    for group in by_width.values():
+        positions = torch.tensor([i for i, _ in group], device=out.device)
+        rows = torch.isin(route.index, positions).nonzero().squeeze(1)
+        slot = torch.full((len(route.parts),), -1, dtype=torch.long, device=out.device)
+        slot[positions] = torch.arange(len(group), device=out.device)
+        which = slot.index_select(0, route.index.index_select(0, rows))
+        down_w = torch.stack([a.down.weight for _, a in group]).index_select(0, which)  # (r, m, d)
+        down_b = torch.stack([a.down.bias for _, a in group]).index_select(0, which)
+        up_w = torch.stack([a.up.weight for _, a in group]).index_select(0, which)  # (r, d, m)
+        up_b = torch.stack([a.up.bias for _, a in group]).index_select(0, which)
+        h = out.index_select(0, rows)
+        z = F.gelu(torch.baddbmm(down_b.unsqueeze(1), h, down_w.transpose(1, 2)))
+        result[rows] = h + torch.baddbmm(up_b.unsqueeze(1), z, up_w.transpose(1, 2))
+    return result
+
+
+def install(model: nn.Module, arch, layers: int) -> None:
+    """Put a Site at every adapter site and LayerNorm of `model`, once (idempotent).
+
+    Args:
+        model: The backbone's Hugging Face model.
+        arch: Its `ModuleMap` (dotted paths of the sites).
+        layers: Number of transformer layers.
+    """
+    targets = [(arch.embeddings_norm, "embeddings", "norm")]
+    for i in range(layers):
+        prefix = f"{arch.layers}.{i}"
+        targets += [
+            (f"{prefix}.{arch.attn_site}", f"layers.{i}.attention", "adapter"),
+            (f"{prefix}.{arch.attn_norm}", f"layers.{i}.attention", "norm"),
+            (f"{prefix}.{arch.ffn_site}", f"layers.{i}.ffn", "adapter"),
+            (f"{prefix}.{arch.ffn_norm}", f"layers.{i}.ffn", "norm"),
+        ]
+    for path, key, role in targets:
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        module = getattr(parent, name)
+        if not isinstance(module, Site):
+            setattr(parent, name, Site(module, key, role).train(module.training))
+
+
+_INSTALL = threading.Lock()
+
+
+def prepare(backbone) -> None:
+    """Install the persistent sites into `backbone` (once per backbone object; idempotent, thread-safe)."""
+    if getattr(backbone, "sites_installed", False):
+        return
+    with _INSTALL:
+        if not getattr(backbone, "sites_installed", False):
+            install(backbone.model, backbone.arch, backbone.info.layers)
+            backbone.sites_installed = True
