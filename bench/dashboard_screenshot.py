@@ -36,7 +36,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.dashboard_screenshot", description=__doc__.split("\n\n")[0])
     p.add_argument("--home", help="A STREAMLEARN_HOME made by `streamlearn demo` (default: run the demo in a temp dir).")
-    p.add_argument("--backend", default="switch", choices=("engine", "switch"), help="`streamlearn serve --backend`.")
+    p.add_argument("--backend", default="engine", choices=("engine", "switch"), help="`streamlearn serve --backend`.")
     p.add_argument("--docs-dir", default=str(REPO / "docs"), help="Where the PNGs and results/dashboard.json go.")
     return p.parse_args(argv)
 

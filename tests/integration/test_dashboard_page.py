@@ -75,10 +75,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         with open(log, "wb") as out:
-            # The switch backend needs no multi-task engine; the page is the same with either.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamlearn", "serve", "--port", str(self.port), "--poll-interval", "0.5",
-                 "--backend", "switch"],
+                [sys.executable, "-m", "streamlearn", "serve", "--port", str(self.port), "--poll-interval", "0.5"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while True:
