@@ -274,6 +274,7 @@ def test_heatmap_has_one_cell_per_recorded_entry_and_flags_the_collapsed_task(pa
     result = cli_json(stack["env"], "evaluate", "--matrix")
     recorded = {(t, j): v for t, row in enumerate(result["matrix"]) for j, v in enumerate(row) if v is not None}
     assert len(recorded) == 6  # three tasks, re-scored after each: the lower triangle
+    assert [r["source"] for r in result["latest"]] == ["http"] * 3  # recorded by POST /v1/evaluate
     cells = page.find_elements("css selector", "#heatmap td.cell[data-value]")
     shown = {(int(c.get_attribute("data-t")), int(c.get_attribute("data-j"))): float(c.get_attribute("data-value"))
              for c in cells}
