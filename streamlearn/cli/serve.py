@@ -43,8 +43,10 @@ def serve_command(host, port, max_batch_size, max_wait_ms, memory_budget, pin, w
     Endpoints: POST /v1/predict {"items": [{"task", "text", "text_pair"?}]}, POST /v1/classify
     {"texts", "tasks": [...] | "all"}, the Open Inference Protocol (KServe v2) under /v2 with the
     task as the model, GET /v1/tasks, /v1/tasks/TASK, /v1/jobs, /v1/jobs/ID, /v1/storage (the
-    JSON of the CLI's --json), POST /v1/tasks (multipart submit), GET /metrics (Prometheus) and
-    GET /openapi.json. It reads the catalogue and artifact store of the usual settings, so it runs
+    JSON of the CLI's --json), POST /v1/tasks (multipart submit), GET /v1/evaluations/matrix and
+    /v1/evaluations (the evaluation history), POST /v1/evaluate (re-score and record), GET /metrics
+    (Prometheus), GET /openapi.json, and the dashboard page at GET / (with a token set, a browser
+    signs in at /dashboard/login). It reads the catalogue and artifact store of the usual settings, so it runs
     beside workers in both modes; a task whose job succeeds is servable within about a second,
     without a restart.
 
