@@ -416,8 +416,8 @@ def report(result: dict) -> str:
         f"- engine ÷ switch at K = {top_k}, C = {top_c}: {verdict(ratio_switch, 1.5)}.",
         f"- One `streamlearn predict` process per request ({proc['requests']} requests, sequential): "
         f"{proc['texts_per_s']:.3f} texts/s, p50 {proc['p50_ms']:.0f} ms per request (backbone load each time); the "
-        f"server at K = {top_k}, C = 1 answered in p50 {_cell(grid, 'engine', top_k, 1)['p50_ms']:.0f} ms"
-        if 1 in cs else "",
+        f"server at K = {top_k}, C = 1 answered in p50 {_cell(grid, 'engine', top_k, 1)['p50_ms']:.0f} ms."
+        if 1 in cs else None,
         f"- HTTP and batching overhead: server (K = {top_k}, C = {top_c}: {ek['texts_per_s']:.1f} texts/s, mean batch "
         f"{ek['mean_batch_rows'] or 0:.1f} rows) ÷ in-process `Engine.logits` on the same kind of rows in batches of "
         f"{inproc['batch_size']} ({inproc['texts_per_s']:.1f} texts/s, median of 3): {verdict(overhead, 0.85)}. The "
@@ -426,6 +426,20 @@ def report(result: dict) -> str:
         f"{p['classify_repeats']}): tasks trained `--drop-lower 3` {cl['drop_lower_3']['texts_per_s']:.1f} texts/s vs "
         f"`--drop-lower 0` {cl['drop_lower_0']['texts_per_s']:.1f} texts/s: ratio **{drop:.2f}** (the lower 3 layers "
         "run once for all tasks that drop them).",
+        "",
+        "## Reading the numbers",
+        f"- Mixed batches {'beat' if ratio_switch >= 1 else 'did not beat'} per-task forwards here "
+        f"({ratio_switch:.2f} at K = {top_k}, C = {top_c}). A likely reason (not profiled): at one CPU thread a row "
+        "costs about the same backbone arithmetic whether it shares a batch or not, so the switching baseline "
+        "loses little by running task groups one after another, while the engine's mixed forward gathers a "
+        "different adapter per row at every site. Where batching pays (many threads, a GPU) the comparison may "
+        "differ; that was not measured here.",
+        f"- The mean batch at C = {top_c} was {ek['mean_batch_rows'] or 0:.1f} rows, not {p['max_batch_size']}: "
+        "likely because the load generator shares the two cores with the server and did not keep every request "
+        "in flight (not investigated further).",
+        "- The machine was shared with other jobs during the run (load average above 10 on 2 cores), so the "
+        "absolute throughputs are far below what this CPU does alone; only the side-by-side ratios are meant to "
+        "be read, and even they carry that noise (one run, no repeats of the grid).",
         "",
         f"Total wall time of the run: {result['wall_seconds'] / 60:.1f} min. No GPU was available, so there is no "
         "SERVING-GPU.md.",

@@ -58,6 +58,10 @@ def test_sites_sit_after_the_output_projections_and_at_every_layernorm(tiny_back
         assert isinstance(layer.attention.output.dropout.base, torch.nn.Dropout)
     assert isinstance(tiny_backbone.model.embeddings.LayerNorm, Site)
     assert fingerprint(tiny_backbone.model) == before == tiny_backbone.info.fingerprint
+    saved = tiny_backbone.model.state_dict()
+    assert "embeddings.LayerNorm.weight" in saved and not any(".base." in k for k in saved)
+    tiny_backbone.model.load_state_dict({k: v.clone() for k, v in saved.items()})  # same names back in
+    assert fingerprint(tiny_backbone.model) == before
 
 
 def test_training_a_task_model_never_changes_the_shared_modules_flags(tiny_backbone):

@@ -9,9 +9,10 @@ concurrent attach can never make one forward see old parts in one layer and new 
 and several threads can run forwards at once. The route lives in a `contextvars.ContextVar`, which
 is per thread (and per asyncio task), not a process-global forward context.
 
-A site is transparent to `state_dict` (it returns its base's tensors under the base's name), so the
-backbone's fingerprint and tensor names do not change, and `copy.deepcopy` of a site is a copy of
-its base: a private copy of a layer (top-k) or of the model (full) is a plain Hugging Face module.
+A site is transparent to `state_dict` and `load_state_dict` (its base's tensors under the base's
+own names), so the backbone's fingerprint and tensor names do not change, and `copy.deepcopy` of a
+site is a copy of its base: a private copy of a layer (top-k) or of the model (full) is a plain
+Hugging Face module.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Site(nn.Module):
         self.base = base
         self.key = key
         self.role = role
+        self.register_load_state_dict_pre_hook(_to_base_names)
 
     def __deepcopy__(self, memo: dict) -> nn.Module:
         # a private copy of a layer or model is the plain backbone module, without sites
@@ -137,6 +139,12 @@ class Site(nn.Module):
     def _task_norm(self, parts) -> nn.Module:
         site = parts.at(self.key) if parts is not None else None
         return site.norm if site is not None and site.norm is not None else self.base
+
+
+def _to_base_names(module, state_dict, prefix, *_) -> None:
+    """Load hook: the base's tensors arrive under the site's own prefix (as `state_dict` gave them)."""
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "base.")]:
+        state_dict[prefix + "base." + key[len(prefix):]] = state_dict.pop(key)
 
 
 def _mixed_adapters(out: torch.Tensor, route: Route, found: Sequence[tuple[int, nn.Module]]) -> torch.Tensor:
