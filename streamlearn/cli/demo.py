@@ -134,7 +134,8 @@ def demo_command(ctx: click.Context, home: str, epochs: int, max_length: int) ->
     In a fresh STREAMLEARN_HOME (default ./streamlearn-demo, embedded mode, no servers) it starts a
     worker process, submits the three tasks, shows their progress, re-evaluates every stored artifact
     each time a task is learned (drift must be 0), prints the task table, the storage report and
-    the accuracy matrix (`evaluate --matrix`), writes the storage plot, and stops the worker. About 3 minutes on a 2-core CPU with the default all-MiniLM-L6-v2.
+    the accuracy matrix (`evaluate --matrix`), writes the storage plot, and stops the worker. A few
+    minutes on an idle 2-core CPU with the default all-MiniLM-L6-v2 (much longer on a busy one).
     """
     from rich.console import Console
 
