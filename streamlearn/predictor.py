@@ -2,11 +2,13 @@
 
 `reevaluate` is the proof that no task is forgotten: it scores every stored artifact again on its
 stored test set, on the backbone the worker keeps, and compares with the catalogue. Because the
-backbone never changes and each task's tensors are only read, the drift is exactly 0.
+backbone never changes and each task's tensors are only read, the drift is exactly 0. Each run is
+recorded in the catalogue's evaluation history, the rows behind the accuracy matrix R[t, j].
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,10 +17,13 @@ import torch
 from streamlearn import jobs
 from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
+from streamlearn.catalogue.evaluations import record_run
+from streamlearn.catalogue.models import utcnow
+from streamlearn.catalogue.session import session_scope
 from streamlearn.data import Example
 from streamlearn.engine import Engine, Item, LoadedTask, TaskModel, load_task
 from streamlearn.errors import InvalidConfig
-from streamlearn.training import Metrics, evaluate, scores
+from streamlearn.training import Metrics, predictions, scores
 
 
 class Predictor:
@@ -78,22 +83,33 @@ def load_predictor(artifact_path: str | Path, backbone: Backbone, expected_sha25
     return Predictor(load_task(artifact_path, backbone, expected_sha256), backbone)
 
 
-def reevaluate(task: str | None = None) -> list[dict]:
-    """Re-evaluate stored artifacts on their stored test sets and compare with the catalogue.
+def reevaluate(task: str | None = None, *, source: str = "cli") -> list[dict]:
+    """Re-evaluate stored artifacts on their stored test sets, compare with the catalogue, and record the run.
+
+    The run is recorded in the catalogue's evaluation history (one row per task, one transaction),
+    from which `catalogue.evaluations.accuracy_matrix` builds R[t, j]. The run's time is taken right
+    after it read which artifacts are current, so it belongs to the stream as it was then.
 
     Args:
         task: One task, or None for every task with an artifact.
+        source: Who asked (`cli`, `demo` or `http`), stored with the rows.
 
     Returns:
-        Per task: `task, split, examples, accuracy, macro_f1, catalogue_accuracy, catalogue_macro_f1,
-        drift` (the largest absolute difference; 0 when nothing was forgotten).
+        Per task: `task, job_id, sha256, split, examples, accuracy, macro_f1, catalogue_accuracy,
+        catalogue_macro_f1, drift` (the largest absolute difference; 0 when nothing was forgotten),
+        `majority_accuracy` (always answering the split's most frequent label) and
+        `predicted_classes` (distinct labels predicted), plus `run_id` and `evaluated_at`.
 
     Raises:
         UnknownTask: no such task, or it has no artifact yet.
     """
     plans = jobs.artifact_plans(task)
+    read_at = utcnow()
     backbone = resident_backbone()
-    return [_reevaluate_one(plan, uri, sha, stored, backbone) for plan, uri, sha, stored in plans]
+    rows = [_reevaluate_one(plan, uri, sha, stored, backbone) for plan, uri, sha, stored in plans]
+    with session_scope() as s:
+        run_id = record_run(s, rows, source=source, evaluated_at=read_at)
+    return [r | {"run_id": run_id, "evaluated_at": read_at.isoformat()} for r in rows]
 
 
 def _reevaluate_one(plan: jobs.JobPlan, uri: str, sha256: str, stored: dict, backbone: Backbone) -> dict:
@@ -103,13 +119,16 @@ def _reevaluate_one(plan: jobs.JobPlan, uri: str, sha256: str, stored: dict, bac
     # The batches of the evaluation during training (same size, order and padding), so every float matches.
     index = {name: i for i, name in enumerate(dataset.labels)}
     batches = Batches(examples, backbone.tokenizer, index, plan.train.batch_size, loaded.max_length, by_length=True)
-    now = evaluate(TaskModel(backbone, loaded.parts), batches)
+    gold, pred = predictions(TaskModel(backbone, loaded.parts), batches)
+    now = scores(gold, pred)
     before = stored.get(split, {})
     drift = max(abs(now.accuracy - before.get("accuracy", float("nan"))),
                 abs(now.macro_f1 - before.get("macro_f1", float("nan"))))
     return {
-        "task": plan.task, "job_id": plan.job_id, "split": split, "examples": now.examples,
+        "task": plan.task, "job_id": plan.job_id, "sha256": sha256, "split": split, "examples": now.examples,
         "accuracy": now.accuracy, "macro_f1": now.macro_f1,
         "catalogue_accuracy": before.get("accuracy"), "catalogue_macro_f1": before.get("macro_f1"),
         "drift": drift,
+        "majority_accuracy": max(Counter(gold).values()) / len(gold) if gold else 0.0,
+        "predicted_classes": len(set(pred)),
     }

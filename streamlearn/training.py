@@ -162,6 +162,11 @@ def _device(model: nn.Module) -> torch.device:
 
 def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> Metrics:
     """Evaluate a classifier in eval mode without autograd; batches must carry `labels`."""
+    return scores(*predictions(model, batches))
+
+
+def predictions(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[list[int], list[int]]:
+    """Gold and arg-max predicted class indices of every example, in eval mode without autograd."""
     device = _device(model)
     model.eval()
     gold: list[int] = []
@@ -171,7 +176,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> Me
             logits = model(**{k: v.to(device) for k, v in batch.items()})
             gold.extend(batch["labels"].tolist())
             pred.extend(logits.argmax(-1).tolist())
-    return scores(gold, pred)
+    return gold, pred
 
 
 def _schedule(total: int, warmup: float) -> Callable[[int], float]:

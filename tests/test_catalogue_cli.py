@@ -134,7 +134,8 @@ def test_an_unreachable_database_is_one_line_and_exit_2(isolated_home: Path, mon
 def test_catalogue_modules_import_neither_torch_nor_matplotlib() -> None:
     """The catalogue, storage and catalogue CLI modules stay light, so `tasks` and `status` answer instantly."""
     code = ("import sys; import streamlearn.catalogue.queries, streamlearn.catalogue.records, "
-            "streamlearn.catalogue.session, streamlearn.storage, streamlearn.cli.catalogue; "
+            "streamlearn.catalogue.session, streamlearn.catalogue.evaluations, streamlearn.storage, "
+            "streamlearn.cli.catalogue, streamlearn.cli.evaluation; "
             "print(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -18,8 +18,8 @@ def compose() -> dict:
 
 
 def test_compose_has_the_services_of_the_scale_mode(compose):
-    """Redis, PostgreSQL, a one-shot migrate, the worker and Flower are all defined."""
-    assert {"redis", "postgres", "migrate", "worker", "flower"} <= set(compose["services"])
+    """Redis, PostgreSQL, a one-shot migrate, the worker, the server and Flower are all defined."""
+    assert {"redis", "postgres", "migrate", "worker", "serve", "flower"} <= set(compose["services"])
 
 
 def test_redis_and_postgres_have_healthchecks(compose):
@@ -68,3 +68,16 @@ def test_worker_image_is_built_from_the_workers_dockerfile(compose):
     dockerfile = (ROOT / build["dockerfile"]).read_text(encoding="utf-8")
     assert "torch==2.13.0" in dockerfile and "pip install ." in dockerfile
     assert 'CMD ["streamlearn", "worker"]' in dockerfile
+
+
+def test_serve_shares_the_catalogue_and_store_and_needs_a_token_beyond_loopback(compose):
+    """The serve service reads the compose catalogue and artifact volume, binds 0.0.0.0 with a required token, and publishes on loopback only."""
+    serve = compose["services"]["serve"]
+    assert serve["command"][:2] == ["streamlearn", "serve"] and "0.0.0.0" in serve["command"]
+    env = serve["environment"]
+    assert "@postgres:5432/" in env["STREAMLEARN_DATABASE_URL"] and env["STREAMLEARN_ARTIFACTS"] == "/data/artifacts"
+    assert env["STREAMLEARN_API_TOKEN"] == "${STREAMLEARN_API_TOKEN:-}"
+    assert "artifacts:/data" in serve["volumes"]
+    assert serve["ports"] == ["127.0.0.1:8000:8000"]
+    assert serve["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "/v2/health/ready" in " ".join(serve["healthcheck"]["test"])

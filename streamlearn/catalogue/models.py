@@ -238,3 +238,42 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
 
     job: Mapped[Job] = relationship(back_populates="metrics")
+
+
+class Evaluation(Base):
+    """One task re-scored by `streamlearn evaluate` (CLI, demo or HTTP): its stored artifact on a stored split.
+
+    The rows are the history behind the accuracy matrix R[t, j] (see `catalogue/evaluations.py`).
+    They name the artifact by its job and sha256 rather than by a foreign key, so the history stays
+    when a sweep deletes a losing artifact.
+    """
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        Index("ix_evaluations_task_id_evaluated_at", "task_id", "evaluated_at"),
+        Index("ix_evaluations_run_id", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(36))
+    """One id per `evaluate` run: the rows of tasks scored together share it."""
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(String(36))
+    """The job that produced the artifact scored."""
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))
+    """Who asked: `cli`, `demo` or `http`."""
+    split: Mapped[str] = mapped_column(String(32))
+    examples: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+    macro_f1: Mapped[float] = mapped_column(Float)
+    catalogue_accuracy: Mapped[float | None] = mapped_column(Float)
+    """The accuracy the training job recorded on the same split (None if it recorded none)."""
+    drift: Mapped[float | None] = mapped_column(Float)
+    """Largest absolute difference from the recorded accuracy and macro-F1 (0: nothing forgotten)."""
+    majority_accuracy: Mapped[float] = mapped_column(Float)
+    """Accuracy of always answering the split's most frequent label (the collapsed-run baseline)."""
+    predicted_classes: Mapped[int] = mapped_column(Integer)
+    """How many distinct labels the artifact predicted on the split (1: a collapsed run)."""
+    evaluated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """When the run read the stored artifacts it scores (its snapshot of the stream)."""

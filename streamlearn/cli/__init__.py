@@ -3,7 +3,8 @@
 Thin by design: parse, call one function, render. Importing this package never imports torch
 (the heavy modules are imported inside the commands that need them), so `status` and `tasks`
 answer instantly. Commands live in one module per noun: `engine` (train, backbone, predict on an
-artifact), `catalogue` (tasks, storage, db) and `service` (submit-task, status, jobs, worker, ...).
+artifact), `catalogue` (tasks, storage, db), `service` (submit-task, status, jobs, worker, ...) and
+`evaluation` (evaluate and the accuracy matrix), and `serve` (the HTTP server and its dashboard).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def _register() -> None:
     # Each submodule adds its commands to `main`; imported here so `streamlearn.cli:main` sees all.
     import importlib
 
-    for name in ("engine", "predict", "catalogue", "service", "jobs", "demo"):
+    for name in ("engine", "predict", "catalogue", "service", "jobs", "evaluation", "demo", "serve"):
         try:
             importlib.import_module(f"streamlearn.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -114,10 +114,13 @@ def render_predictions(result: dict, as_json: bool, as_jsonl: bool = False) -> N
 @click.option("--top", type=click.IntRange(min=1), default=None, metavar="K",
               help="Report the K most likely classes with their probabilities.")
 @backbone_option
+@click.option("--server", envvar="STREAMLEARN_SERVER", default=None,
+              help="URL of a running `streamlearn serve` (default: $STREAMLEARN_SERVER) to ask instead of loading "
+                   "the backbone here (not with --artifact). Sends $STREAMLEARN_API_TOKEN when set.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--jsonl", "as_jsonl", is_flag=True,
               help="Print one JSON object per prediction and line (for large batches; accuracy goes to stderr).")
-def predict_command(texts, artifact, input_file, all_scores, top, backbone_dir, as_json, as_jsonl) -> None:
+def predict_command(texts, artifact, input_file, all_scores, top, backbone_dir, server, as_json, as_jsonl) -> None:
     """Print the most likely label and its probability for each TEXT and each --input line.
 
     Usage: `predict TASK[,TASK...]|all [TEXT ...]` (the catalogue's current artifacts; several
@@ -128,7 +131,8 @@ def predict_command(texts, artifact, input_file, all_scores, top, backbone_dir, 
     an error that names it. Inputs must fit the task: a sentence-pair task needs "text_pair" on
     every input (JSONL), a single-text task takes none, and a text empty after removing control
     characters is refused (one line, exit code 2). Texts and labels are printed as plain text,
-    with control and bidi characters escaped; JSON output is exact.
+    with control and bidi characters escaped; JSON output is exact. With --server URL (or
+    STREAMLEARN_SERVER) a running `streamlearn serve` answers instead, with the same output.
     """
     if as_json and as_jsonl:
         raise click.UsageError("give --json or --jsonl, not both")
@@ -145,5 +149,10 @@ def predict_command(texts, artifact, input_file, all_scores, top, backbone_dir, 
 
     lines = read_lines(input_file) if input_file is not None else []
     tasks, texts = (texts[0], list(texts[1:])) if texts else (None, [])
+    if server:
+        from streamlearn.serve.client import ServerSession
+
+        render_predictions(answer(ServerSession(server), tasks, texts, lines, top=k), as_json, as_jsonl)
+        return
     with streamlearn.open(backbone=backbone_dir) as session:
         render_predictions(answer(session, tasks, texts, lines, top=k), as_json, as_jsonl)

@@ -1,4 +1,4 @@
-"""Service commands: worker, submit-task, status, jobs, evaluate, demo.
+"""Service commands: worker, submit-task, status, jobs.
 
 Thin like the rest of the CLI: parse, call one function, render. Nothing heavy is imported at
 module level (no torch, no celery), so `status` and `jobs` answer instantly.
@@ -287,37 +287,3 @@ def _render_status(info: dict) -> None:
     console.print(table)
     if info.get("warning"):
         warn(info["warning"])
-
-
-@main.command("evaluate")
-@click.argument("task", required=False)
-@click.option("--all", "all_tasks", is_flag=True, help="Every task with a stored artifact.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per task.")
-def evaluate_command(task: str | None, all_tasks: bool, as_json: bool) -> None:
-    """Re-evaluate stored artifacts on their stored test sets; report the drift from the catalogue.
-
-    The backbone is frozen and shared and each task's tensors are stored apart, so the drift must be
-    exactly 0 for every task, however many tasks arrived later. Exits 1 if any drift is not 0.
-    """
-    if bool(task) == all_tasks:
-        raise click.UsageError("give one TASK or --all")
-    from streamlearn.predictor import reevaluate
-
-    rows = reevaluate(None if all_tasks else task)
-    if as_json:
-        echo_json(rows)
-    else:
-        from rich.table import Table
-
-        table = Table("task", "split", "examples", "accuracy", "catalogue", "macro-F1", "catalogue", "drift")
-        for r in rows:
-            table.add_row(plain(r["task"]), r["split"], str(r["examples"]), f"{r['accuracy']:.4f}",
-                          f"{r['catalogue_accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['catalogue_macro_f1']:.4f}",
-                          f"{r['drift']:.2g}")
-        console = make_console()
-        console.print(table)
-        worst = max((r["drift"] for r in rows), default=0.0)
-        console.print(f"{count(len(rows), 'task')} re-evaluated; largest drift {worst:.2g}"
-                      + (" - nothing was forgotten." if worst == 0 else " - DRIFT!"))
-    if any(r["drift"] != 0 for r in rows):
-        raise SystemExit(1)
