@@ -312,7 +312,7 @@ def run(args) -> dict:
     grid = []
     try:
         for k in ks:
-            for name, server in servers.items():
+            for _name, server in servers.items():
                 warm(server, plain[:k], texts[0])
             for c in args.concurrency:
                 for name, server in servers.items():

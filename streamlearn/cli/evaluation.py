@@ -10,6 +10,7 @@ import click
 
 from streamlearn.cli import echo_json, main, make_console
 
+
 @main.command("evaluate")
 @click.argument("task", required=False)
 @click.option("--all", "all_tasks", is_flag=True, help="Every task with a stored artifact.")
@@ -86,9 +87,8 @@ def _matrix(as_json: bool) -> None:
     if not tasks:
         console.print("No task has an artifact yet, so the matrix is empty.")
         return
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     table = Table("after task t", *map(escape, tasks),
                   title=escape("accuracy matrix R[t, j] (task j re-scored after task t was learned)"))

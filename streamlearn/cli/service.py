@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from streamlearn.cli import main
-from streamlearn.cli.console import count, echo_json, make_console, plain, visible, warn
+from streamlearn.cli.console import echo_json, make_console, plain, visible, warn
 from streamlearn.cli.engine import training_options, with_data_limits
 from streamlearn.cli.sweep import TERMINAL, render_trials, sweep_options, wait_for_sweep
 

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_rows
+
 from integration.conftest import FAST_RECOVERY, Workers
 from integration.service_helpers import cli_json, closed_port, ended, job_state, run_cli, task_files
 

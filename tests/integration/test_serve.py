@@ -8,7 +8,6 @@ cost); the tests that need other server flags start short-lived servers of their
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_rows, write_jsonl
+
 from integration.conftest import FAST_RECOVERY, Workers
-from integration.service_helpers import catalogue_url, cli_json, closed_port, ended, job_state, run_cli, task_files
+from integration.service_helpers import cli_json, closed_port, ended, job_state, run_cli, task_files
 
 httpx = pytest.importorskip("httpx")
 
