@@ -79,7 +79,7 @@ def test_migration_upgrades_a_0001_catalogue_in_place_and_allows_cancelled(db_ur
                           "'tasks/old/trial-1.safetensors', :sha, 10, 1, 1, 'adapter', 2, CURRENT_TIMESTAMP)"),
                      {"sha": "4" * 64})
         conn.execute(text("INSERT INTO metrics (job_id, split, name, value) VALUES ('trial-1', 'test', 'accuracy', 0.5)"))
-    assert session.upgrade(db_url) == "0002_hardening"
+    assert session.upgrade(db_url) == session.HEAD_REVISION
     with session.make_engine(db_url).connect() as conn:
         counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in ("jobs", "artifacts", "metrics")}
     assert counts == {"jobs": 2, "artifacts": 1, "metrics": 1}
@@ -191,7 +191,7 @@ def test_db_check_reports_a_healthy_catalogue_and_then_an_orphan(isolated_home, 
     runner = CliRunner()
     assert runner.invoke(main, ["submit-task", str(CORPUS / "good_train.jsonl")]).exit_code == 0
     report = json.loads(runner.invoke(main, ["db", "check", "--json"]).stdout)
-    assert report["ok"] and report["integrity"] == "ok" and report["revision"] == report["head"] == "0002_hardening"
+    assert report["ok"] and report["integrity"] == "ok" and report["revision"] == report["head"] == session.HEAD_REVISION
     orphan = isolated_home / "artifacts" / "datasets" / f"{'a' * 64}.jsonl"
     orphan.write_text("{}\n")
     result = runner.invoke(main, ["db", "check", "--json"])
