@@ -129,7 +129,7 @@ def test_record_run_stores_every_field_of_a_row(db_url: str) -> None:
 def test_migration_0004_upgrades_a_0001_catalogue_in_place(db_url: str) -> None:
     """A catalogue made at revision 0001 with a finished task upgrades to head, keeps the task and gains the table."""
     config = Config()
-    config.set_main_option("script_location", str(session.MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(session.migrations_dir()))
     engine = session.make_engine(session.resolve_url(db_url))
     with engine.begin() as conn:
         config.attributes["connection"] = conn
@@ -154,7 +154,7 @@ def test_downgrading_0004_drops_only_the_evaluations_table(db_url: str) -> None:
     with session.session_scope(db_url) as s:
         _stream(s)
     config = Config()
-    config.set_main_option("script_location", str(session.MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(session.migrations_dir()))
     with session.get_engine(db_url).begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, "0001")

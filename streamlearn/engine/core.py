@@ -157,10 +157,7 @@ class Engine:
 
 
 def _checked(task: LoadedTask, texts: Sequence[str], pairs: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
-    try:
-        return check_inputs(texts, pairs, pair_task=task.pair)
-    except InvalidConfig as exc:
-        raise InvalidConfig(f"task {task.name!r}: {exc}") from None
+    return check_inputs(texts, pairs, pair_task=task.pair)
 
 
 def check_item(task: LoadedTask, item: Item) -> Item:
