@@ -111,7 +111,7 @@ class Engine:
         """
         items = [Item(*i) for i in items]
         table = self._resolve(self._tasks, [i.task for i in items])
-        items = [check_item(table[item.task], item) for item in items]
+        items = [_numbered(k, table[item.task], item) for k, item in enumerate(items, 1)]
         if not items:
             return []
         examples = [Example(i.text, None, i.text_pair) for i in items]
@@ -158,6 +158,13 @@ class Engine:
 
 def _checked(task: LoadedTask, texts: Sequence[str], pairs: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
     return check_inputs(texts, pairs, pair_task=task.pair)
+
+
+def _numbered(k: int, task: LoadedTask, item: Item) -> Item:
+    try:
+        return check_item(task, item)
+    except InvalidConfig as exc:
+        raise InvalidConfig(str(exc).replace("input 1:", f"input {k}:", 1)) from None
 
 
 def check_item(task: LoadedTask, item: Item) -> Item:
