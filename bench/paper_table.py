@@ -332,15 +332,7 @@ def execute(args, store: ResultStore, backbone) -> None:
                 for seed in args.seed_list:
                     done += 1
                     tag = f"[{done:>3}/{plan_total}] {task:<14} {method:<9} seed {seed} lr {lr:.0e}"
-                    if store.find(task, method, seed, lr):
-                        print(f"{tag}: already done, skipped", flush=True)
-                        continue
-                    if dataset is None:
-                        dataset = task_data.load(args.data_dir, task, args.train_cap, args.val_cap, args.test_cap, seed=0)
-                    print(f"{tag}: training on {len(dataset.train)} examples ...", flush=True)
-                    run = run_one(dataset, task, method, seed, lr, args, backbone)
-                    store.add(run)
-                    _report(tag, run)
+                    dataset = _run_unless_done(store, tag, dataset, task, method, seed, lr, args, backbone)
         if task == args.lr_check and chosen is None:
             grid = {m: lrs_for(m, args, None, task) for m in args.methods}
             # Only the selection seed ranks the check's rates: seeds repeated later cannot move the choice.
@@ -366,15 +358,7 @@ def execute(args, store: ResultStore, backbone) -> None:
             for seed in args.repeat_list:
                 done += 1
                 tag = f"[{done:>3}/{plan_total}] {task:<14} {method:<9} seed {seed} lr {lr:.0e} (repeat)"
-                if store.find(task, method, seed, lr):
-                    print(f"{tag}: already done, skipped", flush=True)
-                    continue
-                if dataset is None:
-                    dataset = task_data.load(args.data_dir, task, args.train_cap, args.val_cap, args.test_cap, seed=0)
-                print(f"{tag}: training on {len(dataset.train)} examples ...", flush=True)
-                run = run_one(dataset, task, method, seed, lr, args, backbone)
-                store.add(run)
-                _report(tag, run)
+                dataset = _run_unless_done(store, tag, dataset, task, method, seed, lr, args, backbone)
     # Merged with earlier invocations, so a run of some methods or seeds never hides the others.
     old = store.data.get("plan", {})
     lr_plan = ({m: list(v) for m, v in chosen.items()} if chosen else {m: list(lrs_for(m, args, None, "")) for m in args.methods})
@@ -386,6 +370,21 @@ def execute(args, store: ResultStore, backbone) -> None:
         "lr": {**old.get("lr", {}), **lr_plan},
     }
     store.save()
+
+
+def _run_unless_done(store, tag: str, dataset, task: str, method: str, seed: int, lr: float, args, backbone):
+    """Train and record one (task, method, seed, lr) run unless the results file has it; return the
+    task's dataset, loaded on the first run that needs it."""
+    if store.find(task, method, seed, lr):
+        print(f"{tag}: already done, skipped", flush=True)
+        return dataset
+    if dataset is None:
+        dataset = task_data.load(args.data_dir, task, args.train_cap, args.val_cap, args.test_cap, seed=0)
+    print(f"{tag}: training on {len(dataset.train)} examples ...", flush=True)
+    run = run_one(dataset, task, method, seed, lr, args, backbone)
+    store.add(run)
+    _report(tag, run)
+    return dataset
 
 
 def _report(tag: str, run: dict) -> None:
