@@ -95,6 +95,7 @@ class Session:
             return task_table(s)
 
     def _ensure(self, names: Iterable[str]) -> None:
+        from streamlearn.artifacts import ArtifactStore
         from streamlearn.engine import load_task
         from streamlearn.errors import UnknownTask
 
@@ -111,7 +112,7 @@ class Session:
                     raise UnknownTask(f"no task {name!r} in the catalogue")
                 if row["uri"] is None:
                     raise UnknownTask(f"task {name!r} has no trained artifact yet (status: {row['status']})")
-                path = Path(row["uri"]) if Path(row["uri"]).is_absolute() else self.artifacts / row["uri"]
+                path = Path(row["uri"]) if Path(row["uri"]).is_absolute() else ArtifactStore(self.artifacts).location(row["uri"])
                 self.engine.attach(name, load_task(path, self.backbone, expected_sha256=row["sha256"], name=name))
 
     def predict(self, task: str, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Prediction]:

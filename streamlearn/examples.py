@@ -148,7 +148,7 @@ def check_inputs(texts: Sequence[str], pairs: Sequence[str] | None, pair_task: b
         InvalidConfig: one line naming the first input that disagrees with the task.
     """
     if pair_task and pairs is None:
-        raise InvalidConfig("this is a sentence-pair task: every input needs a text_pair (JSONL input with \"text_pair\")")
+        raise InvalidConfig("this is a sentence-pair task: every input needs a text_pair (its second text)")
     if not pair_task and pairs is not None:
         raise InvalidConfig("this task takes single texts, but the input has text_pair; drop the second texts")
     if pairs is not None and len(pairs) != len(texts):

@@ -87,10 +87,13 @@ def reconcile(settings: Settings | None = None, now: datetime | None = None) -> 
     queued_cutoff = now - timedelta(seconds=settings.queued_timeout)
     requeued: list[str] = []
     with session_scope() as s:
-        candidates: dict[str, datetime | None] = {}
+        # job id -> (stale_before, held_by): the conditions under which the requeue still applies
+        # when it is written, so a worker that took the job over meanwhile keeps it.
+        candidates: dict[str, tuple[datetime | None, tuple[str, int] | None]] = {}
         for row in queries.list_jobs(s, "running"):
             if _dead_here(row["worker"], host):
-                candidates[row["job_id"]] = None
+                worker_host, _, pid = row["worker"].rpartition(":")
+                candidates[row["job_id"]] = (None, (worker_host, int(pid)))
         for row in queries.orphaned_jobs(s, now, settings.heartbeat_timeout):
             beat = datetime.fromisoformat(row["heartbeat_at"]) if row["heartbeat_at"] else None
             recent = beat is not None and (now - beat).total_seconds() < settings.task_time_limit
@@ -99,12 +102,12 @@ def reconcile(settings: Settings | None = None, now: datetime | None = None) -> 
                 # refused connections for a while, not to a crash, and the worker finishes the job
                 # itself. Past the time limit a live pid is no proof (it may have been reused).
                 continue
-            candidates.setdefault(row["job_id"], heartbeat_cutoff)
+            candidates.setdefault(row["job_id"], (heartbeat_cutoff, None))
         for row in queries.stale_queued_jobs(s, now, settings.queued_timeout):
-            candidates.setdefault(row["job_id"], queued_cutoff)
-        for job_id, stale_before in candidates.items():
+            candidates.setdefault(row["job_id"], (queued_cutoff, None))
+        for job_id, (stale_before, held_by) in candidates.items():
             try:
-                if records.requeue(s, job_id, stale_before=stale_before) is not None:
+                if records.requeue(s, job_id, stale_before=stale_before, held_by=held_by) is not None:
                     requeued.append(job_id)
             except records.InvalidTransition:
                 continue  # it ended since we looked

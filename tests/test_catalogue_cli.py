@@ -152,7 +152,7 @@ def test_tasks_and_jobs_page_and_filter(three_tasks: Path) -> None:
     assert json.loads(_run("tasks", "--status", "failed", "--json").output) == []
     assert len(json.loads(_run("tasks", "--status", "succeeded", "--all", "--json").output)) == 3
     jobs = json.loads(_run("jobs", "--json").output)
-    assert [j["task"] for j in jobs] == ["sst2", "trec", "agnews"]
+    assert [j["task"] for j in jobs] == ["agnews", "trec", "sst2"]  # newest first
     page = json.loads(_run("jobs", "--limit", "1", "--after", jobs[0]["job_id"][:8], "--json").output)
     assert [j["job_id"] for j in page] == [jobs[1]["job_id"]]
     assert [j["task"] for j in json.loads(_run("jobs", "--name-like", "ag%", "--json").output)] == ["agnews"]

@@ -219,6 +219,21 @@ def test_requeue_of_a_stale_job_happens_once(db_url: str) -> None:
         assert s.get(Job, job_id).attempts == 1
 
 
+def test_requeue_of_a_dead_workers_job_spares_a_worker_that_took_it_over(db_url: str) -> None:
+    """held_by: a reconciler that saw worker h:7 dead does not requeue the job once h2:8 has taken it over."""
+    job_id = _job_in(db_url, R)  # running on h:7
+    with session_scope(db_url) as s:
+        # Another worker takes the job over between the reconciler's read and its write.
+        records.requeue(s, job_id, held_by=("h", 7))
+        records.mark_running(s, job_id, "h2", 8)
+    with session_scope(db_url) as s:
+        assert records.requeue(s, job_id, held_by=("h", 7)) is None
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.worker_host, job.worker_pid, job.attempts) == (R, "h2", 8, 1)
+        assert records.requeue(s, job_id, held_by=("h2", 8)).status == Q
+
+
 def test_ensure_backbone_registers_a_fingerprint_once(db_url: str) -> None:
     """Two registrations of the same backbone share one row."""
     with session_scope(db_url) as s:

@@ -52,11 +52,16 @@ def _limited() -> None:
 
 
 def _submit_limited(args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run `streamlearn submit-task ARGS` under the memory limit; return (process, CPU seconds, peak RSS in MB)."""
+    """Run `streamlearn submit-task ARGS` under the memory limit; return (process, CPU seconds, peak RSS in MB).
+
+    The peak is the process's own VmHWM, not `ru_maxrss`: Linux carries `ru_maxrss` across exec, so a
+    child forked from a large pytest process would report the parent's resident size as its own.
+    """
     code = ("import resource, runpy, sys; sys.argv = ['streamlearn', *sys.argv[1:]]\n"
             "try:\n    runpy.run_module('streamlearn', run_name='__main__')\n"
             "finally:\n    u = resource.getrusage(resource.RUSAGE_SELF)\n"
-            "    print('PEAK_RSS_KB', u.ru_maxrss, u.ru_utime + u.ru_stime, file=sys.stderr)")
+            "    hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+            "    print('PEAK_RSS_KB', hwm, u.ru_utime + u.ru_stime, file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code, "submit-task", *args], env=env, capture_output=True, text=True,
                           timeout=300, preexec_fn=_limited)
     usage = [line.split() for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]

@@ -243,7 +243,8 @@ def mark_cancelled(s: Session, job_id: str) -> list[str]:
     return cancelled
 
 
-def requeue(s: Session, job_id: str, *, stale_before: datetime | None = None) -> Job | None:
+def requeue(s: Session, job_id: str, *, stale_before: datetime | None = None,
+            held_by: tuple[str | None, int | None] | None = None) -> Job | None:
     """running|queued -> queued again (attempts + 1), clearing worker and progress.
 
     The caller enqueues the job's message afterwards. Used for a running job whose worker stopped
@@ -253,9 +254,11 @@ def requeue(s: Session, job_id: str, *, stale_before: datetime | None = None) ->
         stale_before: Requeue only if the job is still stale at the moment of writing: running with
             no heartbeat since this time, or queued since before it. Two workers reconciling at
             once then requeue a job once.
+        held_by: Requeue only if the job is still running on this (host, pid): the worker that the
+            caller found dead. A worker that took the job over meanwhile keeps it.
 
     Returns:
-        The job, or None when `stale_before` was given and the job is no longer stale.
+        The job, or None when a condition was given and the job no longer meets it.
 
     Raises:
         InvalidTransition: the job already ended.
@@ -266,13 +269,16 @@ def requeue(s: Session, job_id: str, *, stale_before: datetime | None = None) ->
             and_(Job.status == R, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)),
             and_(Job.status == Q, Job.enqueued_at < stale_before),
         ))
+    if held_by is not None:
+        host, pid = held_by
+        conditions.append(and_(Job.status == R, Job.worker_host == host, Job.worker_pid == pid))
     try:
         return _transition(
             s, job_id, Q, *conditions, attempts=Job.attempts + 1, enqueued_at=utcnow(), worker_host=None,
             worker_pid=None, started_at=None, heartbeat_at=None, epoch=None, step=None, total_steps=None, loss=None,
         )
     except InvalidTransition as refused:
-        if stale_before is not None and refused.current in (Q, R):
+        if (stale_before is not None or held_by is not None) and refused.current in (Q, R):
             return None
         raise
 

@@ -354,16 +354,19 @@ def test_a_job_submitted_on_the_page_shows_progress_that_advances_without_reload
     assert job_state(stack["env"], job_id)["task"] == "long"
     row = f'#jobs tr[data-job="{job_id}"]'
 
+    def read(d, css, script):
+        # One script reads the live element: the table is re-rendered on every poll, so an element
+        # found by one WebDriver call may be stale by the next.
+        return d.execute_script(f"const e = document.querySelector(arguments[0]); return e ? {script} : null;", css)
+
     def step(d):
-        found = d.find_elements("css selector", row)
-        raw = found[0].get_attribute("data-step") if found else ""
+        raw = read(d, row, "(e.dataset.step || '')")
         return int(raw) if raw else 0
 
     first = _until(page, step, 120, "the job to report a step")
     later = _until(page, lambda d: step(d) > first and step(d), 60, "the step to advance")
     assert later > first
-    assert _text(page, row + ' td[data-field="status"]') in ("running", "succeeded")
+    assert read(page, row + ' td[data-field="status"]', "e.textContent.trim()") in ("running", "succeeded")
     assert page.execute_script("return window.__loaded_once === true")  # the same document: no reload
-    progress = page.find_element("css selector", row + " .bar")
-    assert 0 < int(progress.get_attribute("aria-valuenow")) <= 100
+    assert 0 < int(read(page, row + " .bar", "e.getAttribute('aria-valuenow')")) <= 100
     assert job_state(stack["env"], job_id)["progress"]["step"] >= later  # the page showed the catalogue's progress

@@ -462,14 +462,14 @@ def test_backbone_changed_during_a_job_fails_it_loudly_and_the_worker_refuses_la
     from streamlearn.errors import BackboneChanged
     from streamlearn.submission import SubmitRequest, submit
 
-    def submit(name: str) -> str:
+    def submit_named(name: str) -> str:
         args = _task(tmp_path / "data", name, seed=len(name))
         return submit(SubmitRequest(args[0], name=name, validation=args[2], test=None, spec=DataSpec(),
                            method={"method": "adapter", "adapter_size": 8, "top_k": 1, "sigma": 1e-2, "pooling": "mean"},
                            train_config={"epochs": 1, "lr": None, "batch_size": 16, "max_length": 32, "seed": 0,
                                          "warmup": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0})).job_id
 
-    first, second = submit("victim"), submit("next")
+    first, second = submit_named("victim"), submit_named("next")
     real_fit = pipeline.fit
 
     def fit_then_corrupt(*args, **kwargs):

@@ -59,7 +59,6 @@ def test_s3_submit_train_predict_gc_delete_with_no_shared_folder(scale_env, moto
     assert sidecar["sha256"] == sha
 
     predicted = cli_json(reader, "predict", "s3task", "good great fun", "bad awful boring")
-    assert predicted["artifact"] == f"s3://streamlearn/store/{uri}", predicted
     assert len(predicted["predictions"]) == 2 and {p["label"] for p in predicted["predictions"]} <= {"pos", "neg"}
     assert (tmp_path / "reader-machine" / "cache" / f"{sha}.safetensors").is_file()
     for machine in ("worker-machine", "client-machine", "reader-machine"):

@@ -131,7 +131,7 @@ def _wait(env, job_id: str, workers, timeout: float = 120) -> dict:
 def _in_process(env, task: str, texts: list[str], artifact: str | None = None) -> list[dict]:
     """What `streamlearn predict TASK TEXT...` (or `--artifact FILE`) prints, computed in this process by its own functions."""
     if artifact is not None:
-        from streamlearn.cli.engine import predict_rows
+        from streamlearn.cli.predict import predict_rows
 
         return predict_rows(artifact, texts, None, env["STREAMLEARN_BACKBONE"])["predictions"]
     import streamlearn
@@ -181,7 +181,7 @@ def test_pair_task_serves_pairs_and_refuses_rows_that_disagree(stack):
     server = stack["server"]
     ok = server.post("/v1/predict", {"items": [{"task": "duo", "text": "good fun", "text_pair": "and it was nice"}]})
     assert ok.status_code == 200 and ok.json()["results"][0]["label"] in ("pos", "neg")
-    assert "text pair" in _one_line_error(server.post("/v1/predict", {"items": [{"task": "duo", "text": "good"}]}), 422)
+    assert "needs a text_pair" in _one_line_error(server.post("/v1/predict", {"items": [{"task": "duo", "text": "good"}]}), 422)
     wrong = server.post("/v1/predict", {"items": [{"task": "alpha", "text": "good", "text_pair": "bad"}]})
     assert "single text" in _one_line_error(wrong, 422)
 
