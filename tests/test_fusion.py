@@ -227,3 +227,46 @@ def test_a_tampered_source_fails_the_fused_task_load_clearly_while_other_tasks_k
         assert len(sl.predict("beta", TEXTS)) == len(TEXTS)
     result = CliRunner().invoke(main, ["predict", "gamma", "good"])
     assert result.exit_code == 2 and "source 'alpha'" in result.output
+
+
+def test_the_server_answers_a_fused_task_as_the_python_api_does(service, tmp_path):
+    """`POST /v1/predict` with the fused task's and its sources' rows in one request gives the API's labels and scores."""
+    pytest.importorskip("fastapi", reason="`streamlearn serve` needs fastapi")
+    from fastapi.testclient import TestClient
+
+    from streamlearn.serve.app import create_app
+    from streamlearn.serve.config import ServeConfig
+
+    _stream(tmp_path)
+    api = _probabilities(service, "gamma")
+    items = [{"task": task, "text": text} for text in TEXTS for task in ("gamma", "alpha")]
+    with TestClient(create_app(ServeConfig(), None)) as client:
+        answer = client.post("/v1/predict", json={"items": items})
+        assert answer.status_code == 200, answer.text
+        rows = client.get("/v1/tasks").json()
+    fused = [r for r in answer.json()["results"] if r["task"] == "gamma"]
+    assert [r["label"] for r in fused] == [label for label, _ in api]
+    assert all(abs(r["score"] - score) < 1e-6 for r, (_, score) in zip(fused, api))
+    assert next(r for r in rows if r["task"] == "gamma")["sources"] == ["alpha", "beta"]
+
+
+def test_train_fuses_the_adapter_artifacts_of_its_output_folder(tiny_backbone_dir, tmp_path):
+    """`train --method fusion` (no catalogue) fuses every NAME-adapter.safetensors of --output, recording them by sha256."""
+    out = tmp_path / "artifacts"
+    common = ["--backbone", tiny_backbone_dir, "--output", str(out), "--epochs", "1", "--lr", "1e-2",
+              "--adapter-size", "4", "--max-length", "32", "--json"]
+    runner = CliRunner()
+    for name, seed in (("alpha", 10), ("beta", 20)):
+        files = _files(tmp_path, name, seed)
+        assert runner.invoke(main, ["train", str(files["train"]), *common]).exit_code == 0
+    files = _files(tmp_path, "gamma", 30)
+    result = runner.invoke(main, ["train", str(files["train"]), "--method", "fusion", "--fusion-rank", "2", *common])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["sources"] == ["alpha", "beta"]
+    sidecar = json.loads((out / "gamma-fusion.json").read_text())
+    assert [(s["task"], s["sha256"]) for s in sidecar["sources"]] == [
+        (n, _sha(out / f"{n}-adapter.safetensors")) for n in ("alpha", "beta")]
+    predicted = runner.invoke(main, ["predict", "--artifact", str(out / "gamma-fusion.safetensors"), "--backbone",
+                                     tiny_backbone_dir, "good", "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    assert len(json.loads(predicted.output)["predictions"]) == 1
