@@ -270,3 +270,13 @@ def test_train_fuses_the_adapter_artifacts_of_its_output_folder(tiny_backbone_di
                                      tiny_backbone_dir, "good", "--json"])
     assert predicted.exit_code == 0, predicted.output
     assert len(json.loads(predicted.output)["predictions"]) == 1
+
+
+def test_status_shows_both_stages_of_a_fusion_job(service, tmp_path):
+    """A finished fusion job's progress counts both stages' steps and says it ended in stage 2 of 2."""
+    jobs = _stream(tmp_path)
+    result = CliRunner().invoke(main, ["status", jobs["gamma"], "--json"])
+    progress = json.loads(result.output)["progress"]
+    assert progress["stage"] == 2 and progress["stages"] == 2 and progress["epoch"] == 2 * TRAIN["epochs"]
+    assert progress["step"] == progress["total_steps"] == 2 * TRAIN["epochs"] * 3  # 48 examples, batches of 16
+    assert "stage 2/2 (fusion)" in CliRunner().invoke(main, ["status", jobs["gamma"]]).output

@@ -189,7 +189,12 @@ def sources_of(s: Session, job_ids: Sequence[str]) -> dict[str, list[dict]]:
 
 
 def _progress(job: Job) -> dict[str, Any]:
-    return {"epoch": job.epoch, "step": job.step, "total_steps": job.total_steps, "loss": job.loss}
+    out = {"epoch": job.epoch, "step": job.step, "total_steps": job.total_steps, "loss": job.loss}
+    if job.method == "fusion":
+        # one job, two stages reported as one run: epochs 1..E are stage 1 (own adapter), E+1..2E stage 2 (fusion)
+        epochs = int((job.hyperparameters or {}).get("train", {}).get("epochs") or 1)
+        out.update(stage=1 if (job.epoch or 0) <= epochs else 2, stages=2)
+    return out
 
 
 def _job_dict(job: Job, task: str) -> dict[str, Any]:

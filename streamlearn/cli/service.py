@@ -214,7 +214,8 @@ def _update_bar(bar, row, info: dict) -> None:
     p = info["progress"]
     if info["status"] == "running" and p["total_steps"]:
         loss = "" if p["loss"] is None else f" loss {p['loss']:.4f}"
-        bar.update(row, completed=p["step"], total=p["total_steps"], detail=f"epoch {p['epoch']}{loss}")
+        stage = f"stage {p['stage']}/{p['stages']} " if p.get("stages") else ""
+        bar.update(row, completed=p["step"], total=p["total_steps"], detail=f"{stage}epoch {p['epoch']}{loss}")
     elif info["status"] in TERMINAL:
         total = p["total_steps"] or 1
         bar.update(row, completed=total if info["status"] == "succeeded" else p["step"] or 0, total=total,
@@ -270,7 +271,8 @@ def _render_status(info: dict) -> None:
     table = Table(show_header=False, box=None)
     p = info["progress"]
     progress = "-" if p["step"] is None else (
-        f"epoch {p['epoch']}, step {p['step']}/{p['total_steps']}" + ("" if p["loss"] is None else f", loss {p['loss']:.4f}")
+        (f"stage {p['stage']}/{p['stages']} ({'own adapter' if p['stage'] == 1 else 'fusion'}), " if p.get("stages") else "")
+        + f"epoch {p['epoch']}, step {p['step']}/{p['total_steps']}" + ("" if p["loss"] is None else f", loss {p['loss']:.4f}")
     )
     rows = [("job", info["job_id"]), ("task", info["task"]), ("status", info["status"]), ("progress", progress),
             ("attempts", str(info["attempts"])), ("worker", info["worker"] or "-"),
