@@ -71,9 +71,10 @@ def record(s: Session, artifact: Artifact, sources: Iterable[dict]) -> None:
 
 def dependants(s: Session, task_id: int) -> list[str]:
     """Names of the tasks with an artifact that fuses task `task_id`, in arrival order."""
-    stmt = (select(Task.name).distinct().join(Job, Job.task_id == Task.id).join(Artifact, Artifact.job_id == Job.id)
-            .join(FusionSource, FusionSource.artifact_id == Artifact.id).where(FusionSource.source_task_id == task_id))
-    return sorted(s.scalars(stmt), key=lambda n: s.scalar(select(Task.id).where(Task.name == n)))
+    stmt = (select(Task.id, Task.name).distinct().join(Job, Job.task_id == Task.id).join(Artifact, Artifact.job_id == Job.id)
+            .join(FusionSource, FusionSource.artifact_id == Artifact.id).where(FusionSource.source_task_id == task_id)
+            .order_by(Task.id))
+    return [name for _, name in s.execute(stmt)]
 
 
 def referenced_uris(s: Session, uris: Sequence[str]) -> set[str]:
