@@ -280,3 +280,16 @@ def test_status_shows_both_stages_of_a_fusion_job(service, tmp_path):
     assert progress["stage"] == 2 and progress["stages"] == 2 and progress["epoch"] == 2 * TRAIN["epochs"]
     assert progress["step"] == progress["total_steps"] == 2 * TRAIN["epochs"] * 3  # 48 examples, batches of 16
     assert "stage 2/2 (fusion)" in CliRunner().invoke(main, ["status", jobs["gamma"]]).output
+
+
+def test_storage_counts_the_fusion_layers_as_their_own_term(service, tmp_path):
+    """`storage --json` gives the fused task the law's adapter bytes plus its fusion term, which equals its measured tensors."""
+    jobs = _stream(tmp_path, fusion_rank=4)
+    report = json.loads(CliRunner().invoke(main, ["storage", "--json"]).output)
+    rows = {t["task"]: t for t in report["tasks"]}
+    stored = load_file(_artifact(service, "gamma", jobs["gamma"]))
+    fusion_bytes = 4 * sum(t.numel() for name, t in stored.items() if ".fusion." in name)
+    assert rows["gamma"]["fusion_task_bytes"] == fusion_bytes == 4 * fusion_term(2, 32, 4)
+    assert rows["gamma"]["theoretical_task_bytes"] == 4 * sum(t.numel() for t in stored.values())
+    assert rows["alpha"]["fusion_task_bytes"] == 0 and report["fusion_total_bytes"] == fusion_bytes
+    assert "fusion layers" in CliRunner().invoke(main, ["storage"]).output

@@ -131,7 +131,8 @@ def storage_command(as_json: bool, plot_file: str | None, limit: int, all_rows: 
     4 bytes. JSON fields: backbone_params, backbone_bytes, tasks [{task, method, bytes,
     cumulative_bytes, full_copy_cumulative_bytes, theoretical_bytes, ...}], total_bytes,
     full_copy_total_bytes, ratio (stored / full copies), task_count (every learned task),
-    tasks_shown (those listed), and more.
+    tasks_shown (those listed), fusion_total_bytes (the law's term for fused tasks' fusion layers,
+    per task fusion_task_bytes), and more.
     """
     from streamlearn.catalogue.queries import storage_report
     from streamlearn.catalogue.session import session_scope
@@ -186,6 +187,9 @@ def _render_storage(console, report: dict[str, Any]) -> None:
         f"ratio {report['ratio']:.4f} ({1 / report['ratio']:.1f}x less). "
         f"Measured / law = {report['measured_over_theoretical']:.4f}."
     )
+    if report.get("fusion_total_bytes"):
+        console.print(f"Of the law, the fusion layers of fused tasks (their own term): "
+                      f"{human_bytes(report['fusion_total_bytes'])}.")
 
 
 @main.group("db")
