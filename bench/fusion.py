@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=str(task_data.DEFAULT_DATA_DIR))
     p.add_argument("--tasks", nargs="+", default=list(ORDER), help="The stream, in arrival order.")
     p.add_argument("--caps", type=int, nargs="+", default=[100, 300, 1000], help="Train caps (seeded, stratified).")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", help="Seeds (default 0 1 2; with --report-only: those of the record).")
     p.add_argument("--val-cap", type=int, default=0, help="Validation examples per task (0: all).")
     p.add_argument("--test-cap", type=int, default=0, help="Test examples per task (0: all).")
     p.add_argument("--max-length", type=int, default=128)
@@ -81,7 +82,7 @@ class Results:
         old = json.loads(path.read_text()) if path.exists() else {}
         same = old.get("settings") == settings
         self.data = {"settings": settings, **{k: old.get(k, []) if same else [] for k in ("runs", "rescores")},
-                     **({k: old[k] for k in ("timing", "heatmaps", "machine", "note") if same and k in old})}
+                     **({k: old[k] for k in ("timing", "heatmaps", "machine", "note", "seeds", "command") if same and k in old})}
 
     def find(self, key: str, **match) -> dict | None:
         return next((r for r in self.data[key] if all(r.get(k) == v for k, v in match.items())), None)
@@ -215,6 +216,7 @@ def heatmaps(args, results: Results, cap: int, seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     docs = Path(args.docs_dir)
     (docs / "results").mkdir(parents=True, exist_ok=True)
@@ -223,12 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     results = Results(docs / "results" / "fusion.json", settings)
     if args.note:
         results.data["note"] = args.note
+    if args.seeds or not args.report_only:
+        results.data["seeds"] = args.seeds = args.seeds or [0, 1, 2]
     if not args.report_only:
         import torch
 
         torch.set_num_threads(args.threads)
         results.data["machine"] = machine_info.describe(torch.device("cpu"))
-        results.data["seeds"], results.data["command"] = args.seeds, " ".join(["python -m bench.fusion", *(argv or [])])
+        results.data["command"] = " ".join(["python -m bench.fusion", *argv])
         top_cap = 300 if 300 in args.caps else args.caps[0]
         for cap in args.caps:
             for seed in args.seeds:
