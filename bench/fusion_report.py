@@ -70,6 +70,9 @@ def _cap_section(data: dict, cap: int, runs: dict, seeds: list[int]) -> tuple[li
                          "(mean of per-task gains, 95% t-interval across tasks); worst task "
                          f"{min(done, key=done.get)} {min(done.values()):+.2f}, best {max(done, key=done.get)} "
                          f"{max(done.values()):+.2f}.")
+    collapsed = [f"{r['task']}/{r['variant']} (seed {r['seed']})" for r in data.get("runs", [])
+                 if r["cap"] == cap and r["collapsed"]]
+    lines += ["", "Collapsed runs at this cap: " + (", ".join(collapsed) if collapsed else "none") + "."]
     return lines + [""], gains
 
 
