@@ -250,6 +250,24 @@ def test_the_server_answers_a_fused_task_as_the_python_api_does(service, tmp_pat
     assert next(r for r in rows if r["task"] == "gamma")["sources"] == ["alpha", "beta"]
 
 
+def test_the_server_refuses_a_fused_task_with_a_tampered_source_and_serves_the_others(service, tmp_path):
+    """With beta's artifact changed, a fresh server answers 503 naming beta for gamma and still answers alpha."""
+    pytest.importorskip("fastapi", reason="`streamlearn serve` needs fastapi")
+    from fastapi.testclient import TestClient
+
+    from streamlearn.serve.app import create_app
+    from streamlearn.serve.config import ServeConfig
+
+    jobs = _stream(tmp_path)
+    path = _artifact(service, "beta", jobs["beta"])
+    path.write_bytes(path.read_bytes()[:-1] + bytes([path.read_bytes()[-1] ^ 1]))
+    with TestClient(create_app(ServeConfig(), None)) as client:
+        refused = client.post("/v1/predict", json={"items": [{"task": "gamma", "text": "good"}]})
+        served = client.post("/v1/predict", json={"items": [{"task": "alpha", "text": "good"}]})
+    assert refused.status_code == 503 and "source 'beta'" in refused.json()["error"]
+    assert served.status_code == 200 and served.json()["results"][0]["task"] == "alpha"
+
+
 def test_train_fuses_the_adapter_artifacts_of_its_output_folder(tiny_backbone_dir, tmp_path):
     """`train --method fusion` (no catalogue) fuses every NAME-adapter.safetensors of --output, recording them by sha256."""
     out = tmp_path / "artifacts"
