@@ -55,3 +55,7 @@ class CatalogueUnusable(StreamlearnError):
 
 class JobCancelled(StreamlearnError):
     """The job was cancelled (`streamlearn cancel`); it stops at its next step."""
+
+
+class SourceInUse(StreamlearnError):
+    """A task whose adapter other tasks fuse cannot be deleted (the message names them)."""

@@ -20,11 +20,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from streamlearn.artifacts import ArtifactStore
-from streamlearn.catalogue import queries, records
-from streamlearn.catalogue.models import Job, JobKind, JobStatus, Task, utcnow
+from streamlearn.catalogue import lineage, queries, records
+from streamlearn.catalogue.models import FusionSource, Job, JobKind, JobStatus, Task, utcnow
 from streamlearn.catalogue.session import session_scope
 from streamlearn.data import Dataset, DataSpec, load_dataset
 from streamlearn.errors import InvalidConfig, StreamlearnError, TransientError, UnknownTask
@@ -206,13 +207,15 @@ def finalise(job_id: str, path: Path | str, metadata: dict, backbone: BackboneIn
     with session_scope() as s:
         retention.hold_artifact(s, path)
         records.ensure_backbone(s, dataclasses.asdict(backbone))
-        records.mark_succeeded(s, job_id, artifact={
+        row = records.mark_succeeded(s, job_id, artifact={
             "uri": uri, "sha256": metadata["sha256"], "bytes": metadata["bytes"],
             "trainable_params": meta.stored_params, "stored_params": meta.stored_params,
             "method": method.method, "classes": len(meta.labels),
-            "adapter_size": method.adapter_size if method.method == "adapter" else None,
+            "adapter_size": method.adapter_size if method.method in ("adapter", "fusion") else None,
             "backbone_fingerprint": backbone.fingerprint,
         }, metrics={"validation": metrics["val"], "test": metrics["test"]})
+        if meta.sources and not s.scalar(select(FusionSource.id).where(FusionSource.artifact_id == row.id).limit(1)):
+            lineage.record(s, row, meta.sources)  # the lineage commits with the artifact, never apart
     _trial_ended(job_id)
 
 
@@ -239,6 +242,15 @@ def _trial_ended(job_id: str) -> None:
 
 def describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, StreamlearnError) else f"{type(exc).__name__}: {exc}"
+
+
+def fusion_sources(plan: JobPlan, fingerprint: str) -> list:
+    """A fusion job's sources as `SourceRef`s, resolved now from the catalogue (`--fuse-from`)."""
+    from streamlearn.engine.loading import SourceRef
+
+    with session_scope(readonly=True) as s:
+        found = lineage.resolve(s, plan.task, plan.method.sources, fingerprint)
+    return [SourceRef(**src) for src in found]
 
 
 def artifact_path(uri: str) -> Path | str:

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from sqlalchemy.exc import OperationalError
 
-from streamlearn import jobs, submission, training
+from streamlearn import fusion, jobs, submission, training
 from streamlearn.artifacts import ArtifactInfo, ArtifactStore, read_artifact, read_metadata, sidecar_path, write_artifact
 from streamlearn.backbone import Backbone, resident_backbone
 from streamlearn.batches import Batches
 from streamlearn.catalogue import records
 from streamlearn.data import Dataset, DataSpec, Example, file_sha256
-from streamlearn.engine.loading import cast_like_stored
+from streamlearn.engine.loading import SourceRef, cast_like_stored
 from streamlearn.errors import (
     ArtifactCorrupt,
     ArtifactWriteFailed,
@@ -99,6 +99,9 @@ def fit(
     on_progress: Progress | None = None,
     verify: bool = True,
     cache: CacheConfig | None = None,
+    sources: Sequence[SourceRef] = (),
+    locate=None,
+    name: str = "task",
 ) -> FitResult:
     """Train one task's modules on the shared backbone and evaluate them.
 
@@ -112,6 +115,9 @@ def fit(
             re-hashes it after every job anyway (one hash of |w| per job, not two).
         cache: Budget and dtype of the lower-layer cache (AdapterDrop N); None reads the environment
             (`STREAMLEARN_LAYER_CACHE_BYTES`, `STREAMLEARN_LAYER_CACHE_DTYPE`).
+        sources: A fused task's sources (method fusion), in order, each verified when read.
+        locate: key -> path of a source's artifact (default: in the settings' artifact store).
+        name: The task's name (in a fused task's messages).
 
     Returns:
         The FitResult; nothing is written to disk.
@@ -125,15 +131,34 @@ def fit(
     val_batches = _batches(dataset, dataset.validation, backbone, train_cfg, shuffle=False)
     torch.manual_seed(train_cfg.seed)
     parts = build_parts(backbone, method, len(dataset.labels))
+    fused = method.method == "fusion"
+    if fused:
+        if not sources:
+            raise InvalidConfig("fusion needs at least one source task with an adapter (--fuse-from)")
+        fusion.freeze_for_stage_one(parts)
     # the lowest N layers are frozen and deterministic: from a cache computed once (layercache)
     model, train_batches, val_batches, lower = cached_training(backbone, parts, train_batches, val_batches,
                                                                cache or CacheConfig.from_env())
-    log = training.train(model, train_batches, val_batches, train_cfg, on_progress)
+    steps = train_cfg.epochs * len(train_batches)
+    log = training.train(model, train_batches, val_batches, train_cfg,
+                         fusion.staged(on_progress, 1, steps, train_cfg.epochs) if fused else on_progress)
+    test_batches = _batches(dataset, dataset.test, backbone, train_cfg, shuffle=False) if dataset.test else None
+    fused_info, kept = {}, []
+    if fused:
+        stage1 = {"val": fusion.metrics_dict(log.best), "best_epoch": log.best_epoch,
+                  "test": fusion.metrics_dict(evaluate(model, test_batches)) if test_batches else None}
+        stage2 = fusion.second_stage(model, parts, list(sources), backbone, (train_batches, val_batches), train_cfg,
+                                     name, method.fusion_top,
+                                     fusion.staged(on_progress, 2, steps, train_cfg.epochs), locate or _locate)
+        log, kept = stage2["log"], stage2["sources"]
+        fused_info = fusion.describe(stage1, stage2, method.fusion_rank)
     # Cast once, then measure with the rounded tensors: the recorded metrics are what a later
-    # load of the artifact computes, so `evaluate` shows drift 0 for every store dtype.
+    # load of the artifact computes, so `evaluate` shows drift 0 for every store dtype (and for a
+    # fused task pruned to --fusion-top, with the kept sources only).
     tensors = cast_like_stored(parts, train_cfg.store_dtype)
-    val = evaluate(model, val_batches) if train_cfg.store_dtype != "float32" else log.best
-    test = evaluate(model, _batches(dataset, dataset.test, backbone, train_cfg, shuffle=False)) if dataset.test else None
+    pruned = bool(fused_info.get("pruned"))
+    val = evaluate(model, val_batches) if train_cfg.store_dtype != "float32" or pruned else log.best
+    test = evaluate(model, test_batches) if test_batches else None
     del model, parts
     if verify:
         backbone.verify()
@@ -151,6 +176,8 @@ def fit(
         data={"files": {split: _stored_key(path, dataset.digests.get(split)) for split, path in dataset.files.items()},
               "examples": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)}},
         dtype=train_cfg.store_dtype,
+        sources=tuple(ref.to_dict() for ref in kept),
+        fusion=fused_info,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     metadata = meta.to_sidecar()
@@ -168,6 +195,11 @@ def fit(
         seconds=time.perf_counter() - start,
         cached_layers=lower["layers"],
     )
+
+
+def _locate(key: str) -> Path | str:
+    """A source artifact's location in the settings' store (as a worker finds it)."""
+    return ArtifactStore(get_settings().artifacts).location(key)
 
 
 def save(result: FitResult, path: str | Path) -> ArtifactInfo:
@@ -244,9 +276,10 @@ def run_task(job_id: str) -> str:
             metadata = _finished_artifact(path, backbone)
             if metadata is None:
                 log.info("job %s: started on %s:%d (task %s)", job_id, socket.gethostname(), os.getpid(), plan.task)
+                sources = jobs.fusion_sources(plan, backbone.info.fingerprint) if plan.method.method == "fusion" else ()
                 try:
                     result = fit(jobs.stored_dataset(plan), plan.method, plan.train, backbone,
-                                 on_progress=beat.progress, verify=False)
+                                 on_progress=beat.progress, verify=False, sources=sources, name=plan.task)
                 finally:
                     check_resident(backbone)  # after every job, before anything is kept
                 beat.check()

@@ -6,5 +6,5 @@ choice was checked on real tasks (docs/RESULTS.md). `methods.default_lr` reads t
 
 from __future__ import annotations
 
-DEFAULT_LR = {"adapter": 1e-3, "layernorm": 1e-3, "full": 3e-5, "top-k": 1e-4}
+DEFAULT_LR = {"adapter": 1e-3, "layernorm": 1e-3, "full": 3e-5, "top-k": 1e-4, "fusion": 1e-3}
 """Method -> peak AdamW learning rate used when `--lr` is not given."""

@@ -28,9 +28,10 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from streamlearn.artifacts import ArtifactStore, sidecar_path
+from streamlearn.catalogue import lineage
 from streamlearn.catalogue.models import Artifact, Job, JobStatus, Task, utcnow
 from streamlearn.catalogue.session import session_scope
-from streamlearn.errors import InvalidConfig, TransientError
+from streamlearn.errors import InvalidConfig, SourceInUse, TransientError
 from streamlearn.objectstore import StoredObject
 from streamlearn.settings import get_settings
 
@@ -105,6 +106,8 @@ def _referenced(s: Session, keys: set[str], store: ArtifactStore) -> set[str]:
     chunk = sorted(tensors)
     for i in range(0, len(chunk), 500):
         used.update(s.scalars(select(Artifact.uri).where(Artifact.uri.in_(chunk[i:i + 500]))))
+    for i in range(0, len(chunk), 500):  # a source artifact a fused task uses (e.g. after a --force retrain)
+        used.update(lineage.referenced_uris(s, chunk[i:i + 500]))
     refs = {k for k in keys if (k.removesuffix(".json") + ".safetensors" if k.endswith(".json") else k) in used}
     dataset_keys = {k for k in keys if k.startswith("datasets/")}
     if dataset_keys:
@@ -172,12 +175,17 @@ def delete_task(name: str) -> dict:
     Raises:
         UnknownTask: no such task.
         InvalidConfig: a job of the task is queued or running (wait for it, then delete).
+        SourceInUse: another task's artifact fuses this task's adapter (the message names them).
     """
     from streamlearn.catalogue import records
 
     store = ArtifactStore(get_settings().artifacts)
     with session_scope() as s:
         task = records.find_task(s, name)
+        users = lineage.dependants(s, task.id)
+        if users:
+            raise SourceInUse(f"task {name!r} is a fusion source of {', '.join(users)}; delete "
+                              f"{'that task' if len(users) == 1 else 'those tasks'} first")
         busy = s.scalar(select(Job.id).where(Job.task_id == task.id,
                                             Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))).limit(1))
         if busy is not None:

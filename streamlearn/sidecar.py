@@ -48,8 +48,10 @@ class ArtifactMetadata:
     """files: split -> {sha256, key (store-relative)}; examples: split -> count."""
     dtype: str = "float32"
     """Dtype of the stored tensors."""
-    sources: tuple[str, ...] = ()
-    """Tasks whose parts a fused task reads (empty for the methods of this release)."""
+    sources: tuple[dict, ...] = ()
+    """A fused task's sources, in order: `{task, sha256, key}` of each source's artifact (key: store-relative)."""
+    fusion: dict = field(default_factory=dict)
+    """A fused task's stage-1 metrics, mean validation attention per site and source, and pruned sources."""
     created_at: str = ""
     """ISO time of writing."""
     format: int = FORMAT
@@ -92,12 +94,20 @@ class ArtifactMetadata:
                            label_type=sidecar["label_type"], pair=bool(sidecar["pair"]), backbone=sidecar["backbone"],
                            train=sidecar["train"], stored_params=int(sidecar["stored_params"]),
                            metrics=sidecar["metrics"], data=sidecar.get("data", {}), dtype=sidecar["dtype"],
-                           sources=tuple(sidecar.get("sources", ())), created_at=sidecar.get("created_at", ""))
+                           sources=tuple(_source(x) for x in sidecar.get("sources", ())),
+                           fusion=dict(sidecar.get("fusion") or {}), created_at=sidecar.get("created_at", ""))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactCorrupt(f"{where}: sidecar field missing or invalid ({exc})") from None
         except Exception as exc:  # InvalidConfig from the method settings
             raise ArtifactCorrupt(f"{where}: sidecar method settings are invalid ({exc})") from None
         raise ArtifactCorrupt(f"{where}: unknown artifact format {version!r} (this release reads 1 and 2)")
+
+
+def _source(entry) -> dict:
+    """One recorded source: task, sha256 and store-relative key, all strings."""
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("task", "sha256", "key")):
+        raise ValueError(f"source {entry!r} needs task, sha256 and key")
+    return {"task": entry["task"], "sha256": entry["sha256"], "key": entry["key"]}
 
 
 _V1_ADAPTER = re.compile(r"^adapters\.(\d+)\.(.+)$")

@@ -4,7 +4,9 @@ Per task, the adapter method stores (Houlsby et al. 2019, arXiv:1902.00751, sect
 two bottleneck adapters per layer, 2L(2md + m + d) parameters; every LayerNorm of the encoder,
 (4L + 2)d; and the classification head, (d + 1)C. For m << d the first term, about 4Lmd,
 dominates. `build_report` lines the measured bytes up against that law and against K·|w|, and
-`plot` draws the three. Pure arithmetic: no catalogue, no torch.
+`plot` draws the three. A fused task (`--method fusion`) adds its fusion layers as their own term,
+2L(3d² + 2d), or 2L(6dR + 2d) with `--fusion-rank R`, reported and drawn apart; the adapters it
+attends over are stored (and counted) once, by their own tasks. Pure arithmetic: no catalogue, no torch.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ def task_params(L: int, d: int, m: int, C: int, N: int = 0) -> int:  # noqa: N80
     return parameter_count(MethodConfig(adapter_size=m, drop_layers=N), Shape(L, d, C))
 
 
+def fusion_term(L: int, d: int, R: int, N: int = 0) -> int:  # noqa: N803 (the paper's symbols)
+    """Parameters of a fused task's fusion layers alone: 2(L−N)(3d² + 2d), or 2(L−N)(6dR + 2d) with rank R.
+
+    This is the registry's fusion term (`methods.fusion.fusion_params`); the task's adapter, LayerNorms
+    and head are `task_params`, and the sources' adapters are stored (and counted) once, by their tasks.
+    """
+    from streamlearn.methods import MethodConfig, Shape
+    from streamlearn.methods.fusion import fusion_params
+
+    return fusion_params(MethodConfig(method="fusion", fusion_rank=R, drop_layers=N), Shape(L, d, 2))
+
+
 @dataclass(frozen=True)
 class StoredTask:
     """What the catalogue holds for one task, as `build_report` needs it."""
@@ -59,6 +73,15 @@ class StoredTask:
     """AdapterDrop depth N the task was trained with."""
     dtype: str = "float32"
     """Dtype its tensors are stored in."""
+    fusion_rank: int = 0
+    """A fused task's fusion rank R (0: full d×d); unused for other methods."""
+
+    @property
+    def fusion_bytes(self) -> int:
+        """The law's bytes of a fused task's fusion layers (0 for other methods): their own term."""
+        if self.method != "fusion":
+            return 0
+        return fusion_term(self.layers, self.hidden, self.fusion_rank, self.drop_layers) * DTYPE_BYTES.get(self.dtype, 4)
 
     @property
     def theoretical_bytes(self) -> int:
@@ -66,7 +89,8 @@ class StoredTask:
         per = DTYPE_BYTES.get(self.dtype, BYTES_PER_PARAM)
         if self.adapter_size is None:
             return self.stored_params * per
-        return task_params(self.layers, self.hidden, self.adapter_size, self.classes, self.drop_layers) * per
+        adapter = task_params(self.layers, self.hidden, self.adapter_size, self.classes, self.drop_layers) * per
+        return adapter + self.fusion_bytes
 
 
 def build_report(tasks: Iterable[StoredTask]) -> dict[str, Any]:
@@ -82,17 +106,18 @@ def build_report(tasks: Iterable[StoredTask]) -> dict[str, Any]:
         `classes`, `artifacts`), `total_bytes`, `full_copy_total_bytes`, `theoretical_total_bytes`,
         `ratio` (stored / full copies) and `measured_over_theoretical`. Ratios are None when empty.
     """
-    rows, stored, full, theory = [], 0, 0, 0
+    rows, stored, full, theory, fused = [], 0, 0, 0, 0
     last: StoredTask | None = None
     for t in tasks:
         stored += t.bytes
         full += t.backbone_bytes
         theory += t.theoretical_bytes
+        fused += t.fusion_bytes
         rows.append({
             "task": t.task, "method": t.method, "adapter_size": t.adapter_size, "classes": t.classes,
             "artifacts": t.artifacts, "bytes": t.bytes, "cumulative_bytes": stored,
             "full_copy_cumulative_bytes": full, "theoretical_task_bytes": t.theoretical_bytes,
-            "theoretical_bytes": theory,
+            "theoretical_bytes": theory, "fusion_task_bytes": t.fusion_bytes, "fusion_bytes": fused,
         })
         last = t
     return {
@@ -108,6 +133,7 @@ def build_report(tasks: Iterable[StoredTask]) -> dict[str, Any]:
         "total_bytes": stored,
         "full_copy_total_bytes": full,
         "theoretical_total_bytes": theory,
+        "fusion_total_bytes": fused,
         "ratio": stored / full if full else None,
         "measured_over_theoretical": stored / theory if theory else None,
     }
@@ -161,6 +187,10 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
             zorder=2, label="Measured: adapter files the catalogue holds")
     ax.plot(ks, theory, color="#1b2631", lw=1.4, ls="--", zorder=4,
             label=f"Adapter law: K·[2L(2md+m+d)+(4L+2)d+(d+1)C]·4 B ≈ K·4Lmd  (L={L}, d={d}, {m_text})")
+    if any(t.get("fusion_task_bytes") for t in tasks):
+        # the fusion layers are their own term of the law: drawn apart, so their share is visible
+        ax.plot(ks, [max(t["fusion_bytes"], 1) for t in tasks], color="#8e44ad", lw=1.4, ls=":", marker=marker, ms=4,
+                zorder=4, label="of which fusion layers: 2L(3d²+2d) per fused task, or 2L(6dR+2d) with --fusion-rank R")
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(base=10))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))

@@ -32,16 +32,17 @@ from streamlearn.errors import InvalidConfig
 from streamlearn.settings import get_settings
 from streamlearn.sweep import SweepSpec
 
-METHOD_FIELDS = ("method", "adapter_size", "top_k", "sigma", "pooling", "drop_layers")
+METHOD_FIELDS = ("method", "adapter_size", "top_k", "sigma", "pooling", "drop_layers", "fuse_from", "fusion_rank",
+                 "fusion_top")
 """The fields of `MethodConfig`, i.e. the method flags of `submit-task` (a test checks both)."""
 
 TRAIN_FIELDS = ("epochs", "lr", "batch_size", "max_length", "seed", "warmup", "weight_decay", "max_grad_norm",
                 "store_dtype")
 """The fields of `TrainConfig`, i.e. the training flags of `submit-task` (a test checks both)."""
 
-NEW_METHOD_DEFAULTS = {"drop_layers": 0}
+NEW_METHOD_DEFAULTS = {"drop_layers": 0, "fuse_from": "all", "fusion_rank": 0, "fusion_top": 0}
 NEW_TRAIN_DEFAULTS = {"store_dtype": "float32"}
-"""Defaults of the fields added after release 0.1.0 (AdapterDrop depth, stored dtype)."""
+"""Defaults of the fields added after release 0.1.0 (AdapterDrop depth, fusion settings, stored dtype)."""
 
 SPEC_FIELDS = ("text_field", "label_field", "max_classes", "max_line_bytes", "max_bytes")
 """The `DataSpec` fields a submission may set."""
@@ -78,6 +79,10 @@ class SubmitRequest:
                                                                               TRAIN_FIELDS)):
             if set(given) != set(wanted):
                 raise InvalidConfig(f"{what} needs exactly the fields {', '.join(wanted)}")
+        if None not in self.method.values():
+            from streamlearn.methods.config import MethodConfig
+
+            MethodConfig.from_dict(dict(self.method))  # a setting the method cannot take is refused before any read
 
     @classmethod
     def from_options(cls, train: str | Path, *, sweep: SweepSpec | None = None, name: str | None = None,

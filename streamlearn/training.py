@@ -230,6 +230,9 @@ def train(
         for batch in train_batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = loss_fn(model(**batch), batch["labels"])
+            extra = model.regulariser() if hasattr(model, "regulariser") else None
+            if extra is not None:  # AdapterFusion's value regulariser (a fused task's stage 2)
+                loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm:

@@ -24,12 +24,12 @@ from sqlalchemy import inspect, text
 from streamlearn.catalogue import models, records, session
 from streamlearn.errors import StreamlearnError, TransientError
 
-TABLES = {"alembic_version", "backbones", "tasks", "jobs", "artifacts", "metrics", "evaluations"}
+TABLES = {"alembic_version", "backbones", "tasks", "jobs", "artifacts", "metrics", "evaluations", "fusion_sources"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_upgrade_creates_the_schema_from_empty(db_url: str) -> None:
-    """An empty database has no revision; `upgrade` brings it to head with all six tables."""
+    """An empty database has no revision; `upgrade` brings it to head with every table of the models."""
     assert session.current_revision(db_url) is None
     assert session.upgrade(db_url) == session.HEAD_REVISION
     with session.get_engine(db_url).connect() as conn:

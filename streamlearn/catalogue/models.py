@@ -277,3 +277,31 @@ class Evaluation(Base):
     """How many distinct labels the artifact predicted on the split (1: a collapsed run)."""
     evaluated_at: Mapped[datetime] = mapped_column(default=utcnow)
     """When the run read the stored artifacts it scores (its snapshot of the stream)."""
+
+
+class FusionSource(Base):
+    """One source of a fused task's artifact: the task whose adapter it attends over, and that
+    adapter's artifact by sha256 and store key (the exact file it was trained with, kept while used).
+
+    The rows go with the fused artifact (ON DELETE CASCADE); a source task is never deleted while
+    a row names it (`retention.delete_task` refuses, naming the fused tasks).
+    """
+
+    __tablename__ = "fusion_sources"
+    __table_args__ = (
+        UniqueConstraint("artifact_id", "position", name="uq_fusion_sources_artifact_id_position"),
+        Index("ix_fusion_sources_source_task_id", "source_task_id"),
+        Index("ix_fusion_sources_source_uri", "source_uri"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"))
+    """The fused task's artifact."""
+    position: Mapped[int] = mapped_column(Integer)
+    """Order of the source in the fusion (0 = the first earlier task)."""
+    source_task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    """The source task."""
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    """sha256 of the source artifact the fused task was trained with."""
+    source_uri: Mapped[str] = mapped_column(Text)
+    """Store key of that artifact (it may no longer be its task's current one after a --force retrain)."""

@@ -12,16 +12,17 @@ are on disk, so the storage report counts their bytes until the sweep deletes th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, and_, case, cast, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from streamlearn.catalogue.models import Artifact, Backbone, Job, JobKind, JobStatus, Metric, Task
+from streamlearn.catalogue.models import Artifact, Backbone, FusionSource, Job, JobKind, JobStatus, Metric, Task
 from streamlearn.catalogue.records import find_job
 from streamlearn.errors import UnknownTask
-from streamlearn.storage import BYTES_PER_PARAM, DTYPE_BYTES, StoredTask, build_report, task_params
+from streamlearn.storage import BYTES_PER_PARAM, DTYPE_BYTES, StoredTask, build_report, fusion_term, task_params
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -122,7 +123,7 @@ def task_table(s: Session, *, limit: int | None = None, after: str | None = None
         hyperparameters, val_accuracy, test_accuracy, collapsed, trainable_params, stored_params,
         bytes, sha256, uri, classes, backbone`. `collapsed` is the test split's flag
         (`training.collapsed`; validation's when the task has no test split), None for metrics
-        recorded before the flag existed.
+        recorded before the flag existed. `sources`: a fused task's source tasks, in order ([] otherwise).
 
     Raises:
         UnknownTask: `after` names no task.
@@ -165,11 +166,35 @@ def task_table(s: Session, *, limit: int | None = None, after: str | None = None
         row["created_at"] = _iso(row["created_at"])
         row["status"] = str(row["status"]) if row["status"] is not None else None
         rows.append(row)
+    fused = [r["artifact_job_id"] for r in rows if r["method"] == "fusion"]
+    lineage = sources_of(s, fused)  # a third statement only when the page holds fused tasks
+    for row in rows:
+        row["sources"] = [src["task"] for src in lineage.get(row["artifact_job_id"], [])]
     return rows
 
 
+def sources_of(s: Session, job_ids: Sequence[str]) -> dict[str, list[dict]]:
+    """Artifact job id -> its sources in order (`{task, sha256, uri}`), for the jobs given (one statement)."""
+    if not job_ids:
+        return {}
+    source = aliased(Task)
+    stmt = (select(Artifact.job_id, FusionSource.position, source.name, FusionSource.source_sha256, FusionSource.source_uri)
+            .join(FusionSource, FusionSource.artifact_id == Artifact.id)
+            .join(source, source.id == FusionSource.source_task_id)
+            .where(Artifact.job_id.in_(list(job_ids))).order_by(Artifact.job_id, FusionSource.position))
+    out: dict[str, list[dict]] = {}
+    for job_id, _, name, sha, uri in s.execute(stmt):
+        out.setdefault(job_id, []).append({"task": name, "sha256": sha, "uri": uri})
+    return out
+
+
 def _progress(job: Job) -> dict[str, Any]:
-    return {"epoch": job.epoch, "step": job.step, "total_steps": job.total_steps, "loss": job.loss}
+    out = {"epoch": job.epoch, "step": job.step, "total_steps": job.total_steps, "loss": job.loss}
+    if job.method == "fusion":
+        # one job, two stages reported as one run: epochs 1..E are stage 1 (own adapter), E+1..2E stage 2 (fusion)
+        epochs = int((job.hyperparameters or {}).get("train", {}).get("epochs") or 1)
+        out.update(stage=1 if (job.epoch or 0) <= epochs else 2, stages=2)
+    return out
 
 
 def _job_dict(job: Job, task: str) -> dict[str, Any]:
@@ -365,7 +390,8 @@ def _stored_tasks(s: Session, limit: int | None) -> list[StoredTask]:
     # 0.1.0 has no drop_layers / store_dtype in its hyperparameters: 0 and float32 then.
     return [StoredTask(task, method, int(total), int(n), m, classes, stored, bb, fp, layers, hidden, params, bb_bytes,
                        drop_layers=int((hp or {}).get("method", {}).get("drop_layers", 0)),
-                       dtype=str((hp or {}).get("train", {}).get("store_dtype", "float32")))
+                       dtype=str((hp or {}).get("train", {}).get("store_dtype", "float32")),
+                       fusion_rank=int((hp or {}).get("method", {}).get("fusion_rank", 0)))
             for task, method, total, n, m, classes, stored, bb, fp, layers, hidden, params, bb_bytes, hp
             in s.execute(stmt)]
 
@@ -398,7 +424,8 @@ def _storage_totals(s: Session) -> dict[str, int]:
     # drop_layers / store_dtype: 0 and float32.
     drop = func.coalesce(Job.hyperparameters[("method", "drop_layers")].as_integer(), 0)
     dtype = func.coalesce(Job.hyperparameters[("train", "store_dtype")].as_string(), "float32")
-    shape = (Backbone.layers, Backbone.hidden, Artifact.adapter_size, Artifact.classes, drop, dtype)
+    rank = func.coalesce(Job.hyperparameters[("method", "fusion_rank")].as_integer(), 0)
+    shape = (Backbone.layers, Backbone.hidden, Artifact.adapter_size, Artifact.classes, drop, dtype, Artifact.method, rank)
     stmt = (
         select(*shape, func.count(), func.sum(current.c.task_bytes), func.sum(Artifact.stored_params),
                func.sum(Backbone.bytes))
@@ -408,11 +435,13 @@ def _storage_totals(s: Session) -> dict[str, int]:
         .join(Job, Job.id == Artifact.job_id)
         .group_by(*shape)
     )
-    count = stored = law_bytes = full = 0
-    for layers, hidden, m, classes, n, dt, k, task_bytes, params, full_bytes in s.execute(stmt):
+    count = stored = law_bytes = full = fused = 0
+    for layers, hidden, m, classes, n, dt, method, r, k, task_bytes, params, full_bytes in s.execute(stmt):
         per = DTYPE_BYTES.get(dt, BYTES_PER_PARAM)
         law = int(params) if m is None else task_params(layers, hidden, m, classes, int(n)) * int(k)
+        term = fusion_term(layers, hidden, int(r), int(n)) * int(k) if method == "fusion" else 0
         count, stored, full = count + int(k), stored + int(task_bytes), full + int(full_bytes)
-        law_bytes += law * per
+        law_bytes += (law + term) * per
+        fused += term * per
     return {"task_count": count, "total_bytes": stored, "theoretical_total_bytes": law_bytes,
-            "full_copy_total_bytes": full}
+            "full_copy_total_bytes": full, "fusion_total_bytes": fused}

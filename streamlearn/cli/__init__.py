@@ -78,7 +78,7 @@ def _register() -> None:
     # Each submodule adds its commands to `main`; imported here so `streamlearn.cli:main` sees all.
     import importlib
 
-    for name in ("engine", "predict", "catalogue", "service", "jobs", "evaluation", "demo", "serve"):
+    for name in ("engine", "predict", "catalogue", "service", "jobs", "evaluation", "demo", "serve", "fusion"):
         try:
             importlib.import_module(f"streamlearn.cli.{name}")
         except ModuleNotFoundError as exc:

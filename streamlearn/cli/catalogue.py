@@ -74,7 +74,8 @@ def tasks_command(limit: int, all_rows: bool, after: str | None, name_like: str 
     test accuracy, collapsed (yes when the model is no better than one constant class, see
     `streamlearn.training.collapsed`; `?` for tasks trained before the flag), trainable parameters, bytes on disk, artifact sha256 (first 12 hex digits) and
     backbone.
-    `--json` adds stored parameters, hyperparameters, the artifact URI and job ids.
+    A fused task (`--method fusion`) lists its sources, the tasks whose adapters it attends over.
+    `--json` adds stored parameters, hyperparameters, the artifact URI, job ids and `sources`.
     """
     from streamlearn.catalogue.queries import task_table
     from streamlearn.catalogue.session import session_scope
@@ -95,7 +96,7 @@ def tasks_command(limit: int, all_rows: bool, after: str | None, name_like: str 
     from streamlearn.sweep import label
 
     table = Table(title=count(len(rows), "task"))
-    for name in ("task", "status", "method", "m", "hyperparameters"):
+    for name in ("task", "status", "method", "m", "hyperparameters", "sources"):
         table.add_column(name)
     for name in ("val acc", "test acc", "collapsed", "trainable", "bytes"):
         table.add_column(name, justify="right")
@@ -105,7 +106,7 @@ def tasks_command(limit: int, all_rows: bool, after: str | None, name_like: str 
         table.add_row(
             plain(r["task"]), r["status"] or "-", r["method"] or "-",
             "-" if r["adapter_size"] is None else str(r["adapter_size"]), label(r["hyperparameters"]),
-            _accuracy(r["val_accuracy"]), _accuracy(r["test_accuracy"]), _collapsed(r),
+            plain(",".join(r["sources"]) or "-"), _accuracy(r["val_accuracy"]), _accuracy(r["test_accuracy"]), _collapsed(r),
             _number(r["trainable_params"]),
             _number(r["bytes"]), (r["sha256"] or "-")[:12], plain(r["backbone"] or "-"),
         )
@@ -130,7 +131,8 @@ def storage_command(as_json: bool, plot_file: str | None, limit: int, all_rows: 
     4 bytes. JSON fields: backbone_params, backbone_bytes, tasks [{task, method, bytes,
     cumulative_bytes, full_copy_cumulative_bytes, theoretical_bytes, ...}], total_bytes,
     full_copy_total_bytes, ratio (stored / full copies), task_count (every learned task),
-    tasks_shown (those listed), and more.
+    tasks_shown (those listed), fusion_total_bytes (the law's term for fused tasks' fusion layers,
+    per task fusion_task_bytes), and more.
     """
     from streamlearn.catalogue.queries import storage_report
     from streamlearn.catalogue.session import session_scope
@@ -185,6 +187,9 @@ def _render_storage(console, report: dict[str, Any]) -> None:
         f"ratio {report['ratio']:.4f} ({1 / report['ratio']:.1f}x less). "
         f"Measured / law = {report['measured_over_theoretical']:.4f}."
     )
+    if report.get("fusion_total_bytes"):
+        console.print(f"Of the law, the fusion layers of fused tasks (their own term): "
+                      f"{human_bytes(report['fusion_total_bytes'])}.")
 
 
 @main.group("db")
@@ -242,7 +247,8 @@ def delete_command(task: str, as_json: bool) -> None:
     """Delete TASK: its catalogue rows (task, jobs, artifacts, metrics) in one transaction, then its
     stored files that no other task references.
 
-    A task with a queued or running job is refused (wait until it ends). An artifact or dataset
+    A task with a queued or running job is refused (wait until it ends), and so is a task whose
+    adapter a fused task uses (the message names them: delete those first). An artifact or dataset
     another task still uses stays. Files left by a crash between the two steps are removed by `gc`.
     """
     from streamlearn.retention import delete_task

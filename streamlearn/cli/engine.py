@@ -68,6 +68,16 @@ def training_options(func):
         click.option("--drop-lower", "drop_layers", type=click.IntRange(0, None), default=0, show_default=True,
                      help="AdapterDrop N (adapter, layernorm): no per-task parts in the lowest N layers or the "
                           "embeddings, whose LayerNorms stay the backbone's; 0 is the faithful Houlsby method."),
+        click.option("--fuse-from", default="all", show_default=True,
+                     help="--method fusion: the source tasks whose adapters the fusion attends over, comma-separated, "
+                          "or 'all' (every earlier adapter task on this backbone, in arrival order; for `train`, every "
+                          "NAME-adapter.safetensors in --output)."),
+        click.option("--fusion-rank", type=click.IntRange(0, 8192), default=0, show_default=True,
+                     help="--method fusion: rank R of the fusion layer's query, key and value (d×R then R×d, value = "
+                          "identity + a zero-initialised low-rank term); 0 = full d×d (3d²+2d parameters per site)."),
+        click.option("--fusion-top", type=click.IntRange(0, None), default=0, show_default=True,
+                     help="--method fusion: keep only the N sources with the largest mean attention on validation "
+                          "(the task's own adapter is always kept); 0 keeps all."),
         click.option("--store-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
                      show_default=True,
                      help="Dtype of the stored tensors, cast once after training; the recorded metrics are "
@@ -133,7 +143,8 @@ def backbone_option(func):
                    "stem (its folder's name for a file called train.jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table; no progress bar.")
 @with_data_limits()
-def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, drop_layers, store_dtype,
+def train_command(data, validation, test_file, method, adapter_size, top_k, sigma, pooling, drop_layers, fuse_from,
+                  fusion_rank, fusion_top, store_dtype,
                   epochs, lr, batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field,
                   label_field, max_classes, max_line_bytes, max_bytes, train_cap, layer_cache_bytes, layer_cache_dtype,
                   backbone_dir, output, as_json) -> None:
@@ -156,7 +167,7 @@ def train_command(data, validation, test_file, method, adapter_size, top_k, sigm
     from streamlearn.training import TrainConfig
 
     method_cfg = MethodConfig(method=method, adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling,
-                              drop_layers=drop_layers)
+                              drop_layers=drop_layers, fuse_from=fuse_from, fusion_rank=fusion_rank, fusion_top=fusion_top)
     train_cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
                             warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
                             store_dtype=store_dtype)
@@ -164,7 +175,9 @@ def train_command(data, validation, test_file, method, adapter_size, top_k, sigm
     from streamlearn.layercache import CacheConfig
 
     cache = CacheConfig(budget_bytes=layer_cache_bytes, dtype=layer_cache_dtype)
-    summary = run_train(dataset, method_cfg, train_cfg, backbone_dir, target, show_progress=not as_json, cache=cache)
+    sources = folder_sources(Path(output), method_cfg, target) if method == "fusion" else ()
+    summary = run_train(dataset, method_cfg, train_cfg, backbone_dir, target, show_progress=not as_json, cache=cache,
+                        sources=sources)
     if as_json:
         echo_json(summary)
     else:
@@ -179,8 +192,30 @@ def _task_name(data: Path) -> str:
     return stem or "task"
 
 
+def folder_sources(output: Path, method_cfg, target: Path) -> list:
+    """`train --method fusion`'s sources: NAME-adapter.safetensors files in the output folder (no catalogue).
+
+    `all` takes every one (oldest first) but the task's own; names pick `<output>/<name>-adapter.safetensors`.
+    """
+    from streamlearn.artifacts import read_metadata
+    from streamlearn.engine.loading import SourceRef
+    from streamlearn.errors import InvalidConfig
+
+    own = target.name.removesuffix("-fusion.safetensors")
+    if method_cfg.sources is None:
+        files = sorted(output.glob("*-adapter.safetensors"), key=lambda f: (f.stat().st_mtime, f.name))
+        files = [f for f in files if f.name.removesuffix("-adapter.safetensors") != own]
+    else:
+        files = [output / f"{name}-adapter.safetensors" for name in method_cfg.sources]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing or not files:
+        raise InvalidConfig(f"no adapter artifact to fuse in {output}: "
+                            f"{', '.join(missing) if missing else 'train some tasks with --method adapter first'}")
+    return [SourceRef(f.name.removesuffix("-adapter.safetensors"), read_metadata(f)["sha256"], f.name) for f in files]
+
+
 def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: Path, show_progress: bool,
-              cache=None) -> dict:
+              cache=None, sources=()) -> dict:
     """Fit and save one task; return the `train --json` summary."""
     from streamlearn.backbone import load_backbone
     from streamlearn.pipeline import fit, save
@@ -197,9 +232,11 @@ def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: 
             def on_progress(epoch: int, step: int, total: int, loss: float) -> None:
                 bar.update(task_id, completed=step, total=total, epoch=epoch, loss=loss)
 
-            result = fit(dataset, method_cfg, train_cfg, backbone, on_progress, cache=cache)
+            result = fit(dataset, method_cfg, train_cfg, backbone, on_progress, cache=cache, sources=sources,
+                         locate=target.parent.joinpath, name=target.stem)
     else:
-        result = fit(dataset, method_cfg, train_cfg, backbone, cache=cache)
+        result = fit(dataset, method_cfg, train_cfg, backbone, cache=cache, sources=sources,
+                     locate=target.parent.joinpath, name=target.stem)
     info = save(result, target)
     return {
         "method": method_cfg.method,
@@ -219,6 +256,7 @@ def run_train(dataset, method_cfg, train_cfg, backbone_dir: str | None, target: 
         "train_examples_per_s": round(result.train_examples_per_s, 1),
         "seconds": round(result.seconds, 1),
         "cached_layers": result.cached_layers,
+        "sources": [src["task"] for src in result.metadata.get("sources", [])],
     }
 
 

@@ -88,7 +88,7 @@ def worker(concurrency: int, queues: str | None, loglevel: str, pool: str) -> No
 @with_data_limits("task name      1-64 of [A-Za-z0-9._-], starting with a letter or digit; unique without",
                   "               regard to case (Same and same are one name)")
 def submit_task_command(data, name, validation, test_file, method, adapter_size, top_k, sigma, pooling, drop_layers,
-                        store_dtype, epochs, lr,
+                        fuse_from, fusion_rank, fusion_top, store_dtype, epochs, lr,
                         batch_size, max_length, seed, warmup, weight_decay, max_grad_norm, text_field, label_field,
                         max_classes, max_line_bytes, max_bytes, sweep_name, grid, seeds, prefer_smaller, force, wait,
                         timeout, as_json) -> None:
@@ -116,7 +116,8 @@ def submit_task_command(data, name, validation, test_file, method, adapter_size,
     spec = sweep.resolve(sweep_name, grid, seeds, prefer_smaller)
     submission = submit(SubmitRequest.from_options(
         data, name=name, validation=validation, test=test_file, force=force, sweep=spec, method=method,
-        adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling, drop_layers=drop_layers, epochs=epochs, lr=lr,
+        adapter_size=adapter_size, top_k=top_k, sigma=sigma, pooling=pooling, drop_layers=drop_layers,
+        fuse_from=fuse_from, fusion_rank=fusion_rank, fusion_top=fusion_top, epochs=epochs, lr=lr,
         batch_size=batch_size, max_length=max_length, seed=seed, warmup=warmup, weight_decay=weight_decay,
         max_grad_norm=max_grad_norm, store_dtype=store_dtype, text_field=text_field, label_field=label_field, max_classes=max_classes,
         max_line_bytes=max_line_bytes, max_bytes=max_bytes or get_settings().max_dataset_bytes,
@@ -213,7 +214,8 @@ def _update_bar(bar, row, info: dict) -> None:
     p = info["progress"]
     if info["status"] == "running" and p["total_steps"]:
         loss = "" if p["loss"] is None else f" loss {p['loss']:.4f}"
-        bar.update(row, completed=p["step"], total=p["total_steps"], detail=f"epoch {p['epoch']}{loss}")
+        stage = f"stage {p['stage']}/{p['stages']} " if p.get("stages") else ""
+        bar.update(row, completed=p["step"], total=p["total_steps"], detail=f"{stage}epoch {p['epoch']}{loss}")
     elif info["status"] in TERMINAL:
         total = p["total_steps"] or 1
         bar.update(row, completed=total if info["status"] == "succeeded" else p["step"] or 0, total=total,
@@ -269,7 +271,8 @@ def _render_status(info: dict) -> None:
     table = Table(show_header=False, box=None)
     p = info["progress"]
     progress = "-" if p["step"] is None else (
-        f"epoch {p['epoch']}, step {p['step']}/{p['total_steps']}" + ("" if p["loss"] is None else f", loss {p['loss']:.4f}")
+        (f"stage {p['stage']}/{p['stages']} ({'own adapter' if p['stage'] == 1 else 'fusion'}), " if p.get("stages") else "")
+        + f"epoch {p['epoch']}, step {p['step']}/{p['total_steps']}" + ("" if p["loss"] is None else f", loss {p['loss']:.4f}")
     )
     rows = [("job", info["job_id"]), ("task", info["task"]), ("status", info["status"]), ("progress", progress),
             ("attempts", str(info["attempts"])), ("worker", info["worker"] or "-"),

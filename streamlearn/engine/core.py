@@ -17,7 +17,7 @@ from torch import nn
 
 from streamlearn.batches import Batches
 from streamlearn.data import Example, check_inputs
-from streamlearn.engine import encoder
+from streamlearn.engine import encoder, fusion
 from streamlearn.engine.loading import LoadedTask
 from streamlearn.engine.parts import TaskParts
 from streamlearn.engine.sites import prepare
@@ -55,6 +55,10 @@ class TaskModel(nn.Module):
             inputs["token_type_ids"] = token_type_ids
         rows = encoder.forward(self.backbone, inputs, [self.parts] * len(input_ids), training=self.training)
         return torch.stack(rows)
+
+    def regulariser(self) -> torch.Tensor | None:
+        """The extra loss term of the task's parts: a fused task's value regulariser, else None."""
+        return fusion.regulariser(self.parts)
 
 
 class Engine:

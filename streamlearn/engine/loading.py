@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from streamlearn.artifacts import read_artifact
+from streamlearn.engine.fusion import attach_sources
 from streamlearn.engine.parts import TaskParts
 from streamlearn.errors import ArtifactCorrupt, BackboneMismatch, InvalidConfig
 from streamlearn.sidecar import ArtifactMetadata, tensor_names_v2
@@ -56,6 +57,63 @@ def parts_from_tensors(backbone, meta: ArtifactMetadata, tensors: dict, where: s
     return parts.requires_grad_(False).eval()
 
 
+@dataclass(frozen=True)
+class SourceRef:
+    """One source of a fused task: its task, its artifact's sha256 and where that artifact is."""
+
+    task: str
+    """The source task's name."""
+    sha256: str
+    """sha256 of the source artifact the fused task was trained with."""
+    key: str
+    """Store-relative key (`tasks/<task>/<job>.safetensors`; for `train`'s output folder, a file name)."""
+
+    def to_dict(self) -> dict:
+        """As the fused task's sidecar records it."""
+        return {"task": self.task, "sha256": self.sha256, "key": self.key}
+
+
+def source_location(path: str | Path, key: str) -> Path | str:
+    """Where a source's artifact is, given the fused artifact's location and the source's recorded key.
+
+    A store lays artifacts out as `<root>/tasks/<task>/<job>.safetensors` and keys are relative to
+    `<root>`; `train` writes into one folder and records file names relative to it.
+    """
+    text = str(path)
+    root = text.rsplit("/", 3)[0] if key.startswith("tasks/") else text.rsplit("/", 1)[0]
+    where = f"{root}/{key}"
+    return where if "://" in where else Path(where)
+
+
+def load_sources(refs, backbone, owner: str, locate) -> list[tuple[str, TaskParts]]:
+    """Read and verify each source artifact of a fused task (sha256 and backbone fingerprint).
+
+    Args:
+        refs: The `SourceRef`s (or their recorded dicts), in order.
+        backbone: The resident backbone.
+        owner: The fused task's name (for the messages).
+        locate: key -> the artifact's path or URI.
+
+    Raises:
+        ArtifactCorrupt: a source artifact is missing, or not the one the fused task was trained with.
+        BackboneMismatch: a source was trained on another backbone.
+    """
+    out = []
+    for ref in refs:
+        ref = ref if isinstance(ref, SourceRef) else SourceRef(**ref)
+        where = locate(ref.key)
+        try:
+            tensors, sidecar = read_artifact(where, ref.sha256)
+        except ArtifactCorrupt as exc:
+            raise ArtifactCorrupt(f"fused task {owner!r} cannot load its source {ref.task!r}: {exc}") from None
+        meta = ArtifactMetadata.from_sidecar(sidecar, str(where))
+        if meta.backbone.get("fingerprint") != backbone.info.fingerprint:
+            raise BackboneMismatch(f"fused task {owner!r}: its source {ref.task!r} was trained on backbone "
+                                   f"{str(meta.backbone.get('fingerprint'))[:12]}, not on {backbone.info.fingerprint[:12]}")
+        out.append((ref.task, parts_from_tensors(backbone, meta, tensors, str(where))))
+    return out
+
+
 def load_task(path: str | Path, backbone, expected_sha256: str | None = None, name: str | None = None) -> LoadedTask:
     """Read and verify an artifact for this backbone.
 
@@ -78,9 +136,13 @@ def load_task(path: str | Path, backbone, expected_sha256: str | None = None, na
             f"({str(recorded.get('fingerprint'))[:12]}), not on {backbone.info.name!r} ({backbone.info.fingerprint[:12]})"
         )
     parts = parts_from_tensors(backbone, meta, tensors, str(path))
+    name = name or Path(path).parent.name
+    if meta.method.method == "fusion":
+        # every source verified by its recorded sha256 and the backbone's fingerprint before use
+        attach_sources(parts, load_sources(meta.sources, backbone, name, lambda key: source_location(path, key)))
     log.debug("loaded %s (format %d, %s)", path, meta.format, meta.dtype)
-    return LoadedTask(name=name or Path(path).parent.name, labels=meta.labels, pair=meta.pair,
-                      max_length=meta.max_length, nbytes=parts.nbytes, sha256=sidecar.get("sha256"),
+    return LoadedTask(name=name, labels=meta.labels, pair=meta.pair,
+                      max_length=meta.max_length, nbytes=parts.nbytes + parts.source_bytes, sha256=sidecar.get("sha256"),
                       metadata=meta, parts=parts)
 
 

@@ -22,12 +22,16 @@ SITE_KINDS = ("attention", "ffn")
 
 
 class SiteParts(nn.Module):
-    """What one task puts at one site: an adapter, a LayerNorm, or both."""
+    """What one task puts at one site: an adapter, a LayerNorm, or both; a fused task also a fusion
+    layer, and (not registered, so never stored) the sources' adapters it attends over."""
 
     def __init__(self, adapter: nn.Module | None = None, norm: nn.Module | None = None) -> None:
         super().__init__()
         self.adapter = adapter
         self.norm = norm
+        self.fusion: nn.Module | None = None
+        self.sources: list | None = None
+        """(task, adapter) of each source present here; None until attached (stage 1 runs the adapter alone)."""
 
 
 class LayerParts(nn.Module):
@@ -57,6 +61,10 @@ class TaskParts(nn.Module):
         self.encoder: nn.Module | None = None
         self.head = nn.Linear(hidden, classes)
         self._sites: dict[str, SiteParts] = {}
+        self.source_names: list[str] = []
+        """A fused task's sources, in order (set when they are attached)."""
+        self.source_bytes = 0
+        """Bytes of the sources' parts held for a fused task (resident, not stored with it)."""
 
     def put(self, key: str, adapter: nn.Module | None = None, norm: nn.Module | None = None) -> None:
         """Add an adapter and/or a LayerNorm at a site (`embeddings` or `layers.I.attention|ffn`)."""
@@ -80,6 +88,14 @@ class TaskParts(nn.Module):
     def at(self, key: str) -> SiteParts | None:
         """This task's parts at a site, or None (the backbone's own module acts there)."""
         return self._sites.get(key)
+
+    def site_keys(self) -> list[str]:
+        """Keys of the sites where this task has parts, in the order they were put."""
+        return list(self._sites)
+
+    def sites(self) -> list[SiteParts]:
+        """This task's parts at each of its sites."""
+        return list(self._sites.values())
 
     def copy_of(self, index: int) -> nn.Module | None:
         """This task's own copy of layer `index`, or None."""

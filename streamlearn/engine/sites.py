@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from streamlearn.engine.fusion import fuse
+
 
 @dataclass(frozen=True)
 class Route:
@@ -103,13 +105,20 @@ class Site(nn.Module):
         out = self._base(hidden, route)
         if route is None:
             return out
-        found = [(i, p.at(self.key).adapter) for i, p in enumerate(route.parts) if p is not None and p.at(self.key) is not None]
-        found = [(i, a) for i, a in found if a is not None]
+        found = [(i, p.at(self.key)) for i, p in enumerate(route.parts) if p is not None and p.at(self.key) is not None]
+        found = [(i, site) for i, site in found if site.adapter is not None]
         if not found:
             return out
+        fused = [(i, site) for i, site in found if site.fusion is not None and site.sources is not None]
         if route.index is None:
-            return found[0][1](out)
-        return _mixed_adapters(out, route, found)
+            site = found[0][1]
+            return fuse(site, self.key, out, route.training) if fused else site.adapter(out)
+        plain = [(i, site.adapter) for i, site in found if site.fusion is None or site.sources is None]
+        result = _mixed_adapters(out, route, plain) if plain else out.clone()
+        for i, site in fused:  # a fused task's rows: its own and its sources' adapters, then its fusion layer
+            rows = (route.index == i).nonzero().squeeze(1)
+            result[rows] = fuse(site, self.key, out.index_select(0, rows), route.training)
+        return result
 
     def _base(self, hidden: torch.Tensor, route: Route | None) -> torch.Tensor:
         if isinstance(self.base, nn.Dropout):

@@ -26,6 +26,12 @@ class MethodConfig:
     """How the head pools token states: mean or cls."""
     drop_layers: int = 0
     """AdapterDrop N: no per-task parts in the lowest N layers or the embeddings (adapter, layernorm)."""
+    fuse_from: str = "all"
+    """Fusion sources: `all` (every earlier adapter task on the backbone) or task names, comma-separated."""
+    fusion_rank: int = 0
+    """Rank R of the low-rank fusion layer (0: full d×d query, key and value)."""
+    fusion_top: int = 0
+    """Keep only the N sources with the largest mean validation attention (0: keep all)."""
 
     def __post_init__(self) -> None:
         from streamlearn.methods.registry import METHODS
@@ -45,6 +51,20 @@ class MethodConfig:
         if self.drop_layers and not METHODS[self.method].drops:
             raise InvalidConfig(f"drop-lower applies to {', '.join(m for m in METHODS if METHODS[m].drops)}, "
                                 f"not to {self.method}")
+
+        if self.fusion_rank < 0 or self.fusion_top < 0:
+            raise InvalidConfig("fusion rank and fusion top must not be negative")
+        if self.method != "fusion" and (self.fusion_rank or self.fusion_top or self.fuse_from != "all"):
+            raise InvalidConfig(f"--fuse-from, --fusion-rank and --fusion-top apply to fusion, not to {self.method}")
+        if not self.fuse_from.strip():
+            raise InvalidConfig("--fuse-from needs 'all' or task names separated by commas")
+
+    @property
+    def sources(self) -> tuple[str, ...] | None:
+        """The named fusion sources, or None for `all`."""
+        if self.fuse_from.strip() == "all":
+            return None
+        return tuple(dict.fromkeys(n.strip() for n in self.fuse_from.split(",") if n.strip()))
 
     def to_dict(self) -> dict:
         """Return the fields as a JSON-ready dict."""

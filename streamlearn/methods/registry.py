@@ -59,9 +59,9 @@ def norm_params(shape: Shape, drop: int) -> int:
 
 
 def _registry() -> dict[str, Method]:
-    from streamlearn.methods import adapter, full, layernorm, top_k
+    from streamlearn.methods import adapter, full, fusion, layernorm, top_k
 
-    return {m.name: m for m in (adapter.METHOD, full.METHOD, top_k.METHOD, layernorm.METHOD)}
+    return {m.name: m for m in (adapter.METHOD, full.METHOD, top_k.METHOD, layernorm.METHOD, fusion.METHOD)}
 
 
 METHODS: dict[str, Method] = _registry()

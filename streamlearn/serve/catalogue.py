@@ -130,7 +130,8 @@ def _submit(params: dict, paths: dict[str, Path], folder: Path) -> dict:
         submission = pipeline.submit_task(
             paths["train"], name=p["name"], validation=paths.get("validation"), test=paths.get("test"),
             method=MethodConfig(method=p["method"], adapter_size=p["adapter_size"], top_k=p["top_k"],
-                                sigma=p["sigma"], pooling=p["pooling"]),
+                                sigma=p["sigma"], pooling=p["pooling"], fuse_from=p["fuse_from"],
+                                fusion_rank=p["fusion_rank"], fusion_top=p["fusion_top"]),
             train_config=TrainConfig(epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"],
                                      max_length=p["max_length"], seed=p["seed"], warmup=p["warmup"],
                                      weight_decay=p["weight_decay"], max_grad_norm=p["max_grad_norm"]),

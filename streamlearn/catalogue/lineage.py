@@ -1,0 +1,82 @@
+"""Fusion lineage in the catalogue: which earlier tasks a fused task's artifact attends over.
+
+- `resolve`: a fusion job's `--fuse-from` (`all` or names) -> the source artifacts it will use,
+  each the source task's current adapter artifact on the same backbone, in arrival order;
+- `record`: the fused artifact's sources as `fusion_sources` rows, in the finalising transaction;
+- `dependants`: who fuses a task (`delete` refuses it); what a fused task fuses is `queries.sources_of`.
+torch-free, like the rest of the catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from streamlearn.catalogue.models import Artifact, Backbone, FusionSource, Job, Task
+from streamlearn.catalogue.queries import task_table
+from streamlearn.errors import InvalidConfig, UnknownTask
+
+
+def resolve(s: Session, task: str, fuse_from: Sequence[str] | None, fingerprint: str) -> list[dict]:
+    """The sources of a fusion job of `task`: `{task, sha256, key}` of each source's current artifact.
+
+    Args:
+        s: Session.
+        task: The fused task.
+        fuse_from: Named sources, or None for every earlier adapter task on this backbone.
+        fingerprint: The backbone the job runs on; every source must have been trained on it.
+
+    Raises:
+        InvalidConfig: a named source is the task itself, has no adapter artifact, or another backbone;
+            or `all` finds no earlier adapter task.
+        UnknownTask: a named source does not exist.
+    """
+    rows = task_table(s)
+    order = [r["task"] for r in rows]
+    if task not in order:
+        raise UnknownTask(f"no task {task!r} in the catalogue")
+    usable = {r["task"]: r for r in rows if r["method"] == "adapter" and r["uri"] is not None}
+    prints = dict(s.execute(select(Artifact.sha256, Backbone.fingerprint).join(Backbone, Backbone.id == Artifact.backbone_id)
+                            .where(Artifact.sha256.in_([r["sha256"] for r in usable.values()]))).all())
+    if fuse_from is None:
+        names = [n for n in order[:order.index(task)] if n in usable and prints.get(usable[n]["sha256"]) == fingerprint]
+        if not names:
+            raise InvalidConfig(f"task {task!r}: no earlier task with an adapter on this backbone to fuse (--fuse-from)")
+    else:
+        names = list(fuse_from)
+        for name in names:
+            if name == task:
+                raise InvalidConfig(f"task {task!r} cannot fuse itself: its own adapter is always part of its fusion")
+            if name not in order:
+                raise UnknownTask(f"fusion source {name!r} of task {task!r} is not in the catalogue")
+            if name not in usable:
+                raise InvalidConfig(f"fusion source {name!r} of task {task!r} has no trained adapter artifact "
+                                    "(only --method adapter tasks can be sources)")
+            if prints.get(usable[name]["sha256"]) != fingerprint:
+                raise InvalidConfig(f"fusion source {name!r} of task {task!r} was trained on another backbone")
+    return [{"task": n, "sha256": usable[n]["sha256"], "key": usable[n]["uri"]} for n in names]
+
+
+def record(s: Session, artifact: Artifact, sources: Iterable[dict]) -> None:
+    """Add the fused artifact's `fusion_sources` rows (in the caller's transaction, the one that records it)."""
+    from streamlearn.catalogue import records
+
+    for position, src in enumerate(sources):
+        source = records.find_task(s, src["task"])
+        s.add(FusionSource(artifact_id=artifact.id, position=position, source_task_id=source.id,
+                           source_sha256=src["sha256"], source_uri=src["key"]))
+
+
+def dependants(s: Session, task_id: int) -> list[str]:
+    """Names of the tasks with an artifact that fuses task `task_id`, in arrival order."""
+    stmt = (select(Task.id, Task.name).distinct().join(Job, Job.task_id == Task.id).join(Artifact, Artifact.job_id == Job.id)
+            .join(FusionSource, FusionSource.artifact_id == Artifact.id).where(FusionSource.source_task_id == task_id)
+            .order_by(Task.id))
+    return [name for _, name in s.execute(stmt)]
+
+
+def referenced_uris(s: Session, uris: Sequence[str]) -> set[str]:
+    """The keys among `uris` that a fused task's artifact uses as a source."""
+    return set(s.scalars(select(FusionSource.source_uri).where(FusionSource.source_uri.in_(list(uris)))))

@@ -1,0 +1,56 @@
+"""Smoke test of bench/fusion.py on the tiny random BERT and three tiny tasks, so it cannot rot.
+
+The script writes only into a tmp docs folder (`--docs-dir`) and a tmp work folder, never into the
+repository's docs/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from conftest import tiny_rows, write_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def test_fusion_bench_runs_the_stream_writes_the_document_and_resumes(tiny_backbone_dir: str, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """Three tiny tasks stream as adapter, fusion and fusion-r4 (plus top-1 on the last), FUSION.md is written, BWT is 0,
+    and a rerun skips every finished job."""
+    from bench import fusion
+
+    for name in ("STREAMLEARN_HOME", "STREAMLEARN_BACKBONE"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # the bench sets them; restored after the test
+    data_dir = tmp_path / "data"
+    for name, seed in (("alpha", 10), ("beta", 20), ("gamma", 30)):
+        (data_dir / name).mkdir(parents=True)
+        for i, (split, n) in enumerate((("train", 32), ("validation", 8), ("test", 8))):
+            write_jsonl(data_dir / name / f"{split}.jsonl", tiny_rows(n, seed + i))
+    docs = tmp_path / "docs"
+    argv = ["--data-dir", str(data_dir), "--backbone", tiny_backbone_dir, "--docs-dir", str(docs), "--work",
+            str(tmp_path / "work"), "--tasks", "alpha", "beta", "gamma", "--caps", "32", "--seeds", "0", "--lr", "1e-2",
+            "--epochs", "1", "--max-length", "32", "--adapter-size", "4", "--rank", "4", "--top", "1",
+            "--timing-texts", "8", "--note", "a smoke test"]
+    assert fusion.main(argv) == 0
+    saved = json.loads((docs / "results" / "fusion.json").read_text())
+    runs = {(r["task"], r["variant"]): r for r in saved["runs"]}
+    assert set(runs) == {("alpha", "adapter"), ("beta", "adapter"), ("gamma", "adapter"), ("beta", "fusion"),
+                         ("beta", "fusion-r4"), ("gamma", "fusion"), ("gamma", "fusion-r4"), ("gamma", "fusion-top1")}
+    assert runs[("gamma", "fusion")]["sources"] == ["alpha", "beta"] and len(runs[("gamma", "fusion-top1")]["sources"]) == 1
+    assert runs[("gamma", "fusion")]["stage1_test_accuracy"] == runs[("gamma", "adapter")]["test_accuracy"]
+    assert [r["step"] for r in saved["rescores"]] == [0, 1, 2]
+    assert all(row["drift"] == 0 for r in saved["rescores"] for row in r["rows"])
+    assert [row["task"] for row in saved["timing"]["rows"]] == ["gamma", "gamma.fusion", "gamma.fusion-r4", "gamma.fusion-top1"]
+    assert {h["task"] for h in saved["heatmaps"]} == {"beta", "gamma"} and (docs / "fusion-gamma.png").exists()
+    text = (docs / "FUSION.md").read_text()
+    for heading in ("## Train cap 32", "## Goal and forward transfer", "## Backward transfer", "## Inference cost",
+                    "a smoke test", "Every planned job finished."):
+        assert heading in text
+    assert fusion.main(argv) == 0
+    rerun = json.loads((docs / "results" / "fusion.json").read_text())
+    assert [r["finished_at"] for r in rerun["runs"]] == [r["finished_at"] for r in saved["runs"]]
