@@ -121,7 +121,7 @@ def _mixed(data: dict) -> list[str]:
         return lines + ["Not run.", ""]
     lines += [f"{m['rows']} rows, batches of {m['batch_size']}; row r belongs to task r mod K (N=0 adapters, so every "
               "layer's adapters differ per row). *mixed*: `Engine.logits` puts rows of different tasks in the same batch "
-              "(gathered adapters, one batched matmul per site). *switch*: each batch holds one task's rows and the "
+              "(each task's adapter runs once on its own rows). *switch*: each batch holds one task's rows and the "
               "adapters change between batches, the PEFT baseline S-LoRA measures (Sheng et al. 2023, arXiv:2311.03285).",
               "", "| side | CPU s | rows per CPU s | × mixed K=1 |", "|---|---|---|---|"]
     for side, v in m["sides"].items():
@@ -195,6 +195,13 @@ def render(data: dict) -> str:
                         f"`{(m.get('provenance') or {}).get('commit', 'unknown')}` (working tree "
                         f"{'dirty' if (m.get('provenance') or {}).get('dirty') else 'clean'}): `{m.get('command')}`, "
                         "each in its own process; merged into this record with `--report-only --merge`.")
+    for old in data.get("superseded", []):
+        before = old.get("before", {})
+        ceiling = ", ".join(f"N={n} {v:.2f}" for n, v in sorted(before.get("parallel_of_ceiling", {}).items()))
+        mixed = before.get("mixed_k50_over_k1")
+        head.insert(-1, f"- Part(s) {', '.join(old['parts'])} were measured again, {old['why']}; the superseded run (commit "
+                        f"`{before.get('commit', 'unknown')}`) gave Parallel of ceiling {ceiling or '?'}"
+                        + (f" and mixed K=50 ÷ K=1 {mixed:.2f}" if mixed is not None else "") + ".")
     note = data.get("timing_note")
     if note:
         head += ["## How the protocol was shrunk", "", note, ""]
