@@ -23,6 +23,7 @@ from streamlearn.catalogue.models import Artifact, Backbone, FusionSource, Job, 
 from streamlearn.catalogue.records import find_job
 from streamlearn.errors import UnknownTask
 from streamlearn.storage import BYTES_PER_PARAM, DTYPE_BYTES, StoredTask, build_report, fusion_term, task_params
+from streamlearn.sweep import label as settings_label
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -123,7 +124,8 @@ def task_table(s: Session, *, limit: int | None = None, after: str | None = None
         hyperparameters, val_accuracy, test_accuracy, collapsed, trainable_params, stored_params,
         bytes, sha256, uri, classes, backbone`. `collapsed` is the test split's flag
         (`training.collapsed`; validation's when the task has no test split), None for metrics
-        recorded before the flag existed. `sources`: a fused task's source tasks, in order ([] otherwise).
+        recorded before the flag existed. `settings`: the kept hyperparameters in `tasks`' compact form (`m=64 lr=1e-3 ep=3`, the default
+        learning rate resolved). `sources`: a fused task's source tasks, in order ([] otherwise).
 
     Raises:
         UnknownTask: `after` names no task.
@@ -165,6 +167,7 @@ def task_table(s: Session, *, limit: int | None = None, after: str | None = None
         row["collapsed"] = None if flag is None else bool(flag)
         row["created_at"] = _iso(row["created_at"])
         row["status"] = str(row["status"]) if row["status"] is not None else None
+        row["settings"] = settings_label(row["hyperparameters"])  # `m=64 lr=1e-3 ep=3`, the lr resolved
         rows.append(row)
     fused = [r["artifact_job_id"] for r in rows if r["method"] == "fusion"]
     lineage = sources_of(s, fused)  # a third statement only when the page holds fused tasks

@@ -249,7 +249,7 @@ def test_stream_table_shows_the_catalogues_accuracies_and_bytes(page, stack):
         base = f'#stream tr[data-task="{row["task"]}"] td'
         assert _text(page, base + '[data-field="status"]') == row["status"] == "succeeded"
         assert _text(page, base + '[data-field="method"]') == row["method"]
-        assert _text(page, base + '[data-field="hyperparameters"]') == "m=64 lr=1e-2 ep=8"
+        assert _text(page, base + '[data-field="hyperparameters"]') == row["settings"] == "m=64 lr=1e-2 ep=8"
         for field in ("val_accuracy", "test_accuracy", "trainable_params", "bytes"):
             assert _value(page, base + f'[data-field="{field}"]') == row[field], field
         assert _text(page, base + '[data-field="bytes"]') == f"{row['bytes']:,}"

@@ -46,21 +46,6 @@ function humanBytes(n) {
   return n.toFixed(0) + " B";
 }
 
-// A job's kept settings in the CLI's compact form (sweep.label): `m=64 lr=1e-3 ep=3`.
-function settingsLabel(h) {
-  if (!h || !h.train) return "-";
-  const method = h.method || {}, train = h.train, parts = [];
-  if ((method.method || "adapter") === "adapter" && method.adapter_size !== null && method.adapter_size !== undefined) {
-    parts.push("m=" + method.adapter_size);
-  }
-  if (train.lr !== null && train.lr !== undefined) {
-    const [mantissa, exponent] = Number(train.lr).toExponential().split("e");
-    parts.push("lr=" + mantissa + "e" + parseInt(exponent, 10));
-  } else parts.push("lr=default");
-  parts.push("ep=" + (train.epochs ?? "?"));
-  if (train.seed) parts.push("seed=" + train.seed);
-  return parts.join(" ");
-}
 
 class HttpError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -95,7 +80,7 @@ function renderStream() {
     el("td", { dataset: { field: "task" } }, t.task),
     el("td", { class: "status " + (t.status || ""), dataset: { field: "status" } }, t.status || "-"),
     el("td", { dataset: { field: "method" } }, t.method || "-"),
-    el("td", { dataset: { field: "hyperparameters" } }, settingsLabel(t.hyperparameters)),
+    el("td", { dataset: { field: "hyperparameters" } }, t.settings || "-"),
     el("td", { class: "num", dataset: { field: "val_accuracy", value: t.val_accuracy ?? "" } }, fixed(t.val_accuracy)),
     el("td", { class: "num", dataset: { field: "test_accuracy", value: t.test_accuracy ?? "" } }, fixed(t.test_accuracy)),
     el("td", { class: "num", dataset: { field: "trainable_params", value: t.trainable_params ?? "" } },
