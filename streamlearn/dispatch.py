@@ -90,8 +90,12 @@ def celery_config(settings: Settings, *, client: bool = False) -> dict[str, Any]
     # The filesystem transport takes its folders from the options; naming a host keeps kombu from
     # warning "No hostname was supplied" at every connection.
     broker_url = "filesystem://localhost//" if settings.is_embedded_broker else settings.broker_url
+    # kombu's filesystem transport lets a consumer read a message file while it is still being
+    # written; streamlearn.queuefile writes it whole first (see there).
+    transport = {"broker_transport": "streamlearn.queuefile:Transport"} if settings.is_embedded_broker else {}
     return {
         "broker_url": broker_url,
+        **transport,
         "broker_transport_options": transport_options(settings, client=client),
         "broker_connection_timeout": settings.broker_timeout,
         # Results live in the catalogue; no result backend is configured or needed.

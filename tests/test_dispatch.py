@@ -65,3 +65,64 @@ def test_importing_dispatch_imports_neither_torch_nor_workers():
     code = "import sys, streamlearn.dispatch; print(sorted(m for m in ('torch','transformers','workers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _channel():
+    """A channel of the embedded broker's transport on this home's queue folders (as a worker opens it)."""
+    from kombu import Connection
+
+    settings = get_settings()
+    config = dispatch.celery_config(settings)
+    connection = Connection(config["broker_url"], transport=config["broker_transport"],
+                            transport_options=config["broker_transport_options"])
+    return connection, connection.channel()
+
+
+def test_enqueue_leaves_no_temporary_file_and_the_message_parses(isolated_home):
+    """The embedded publisher writes the message under a hidden name and renames it: only the complete .msg remains."""
+    dispatch.enqueue("job-1")
+    folder = isolated_home / "queue" / "messages"
+    assert [p.name for p in folder.iterdir() if not p.name.endswith(".msg")] == []
+    connection, channel = _channel()
+    try:
+        envelope = channel._get("streamlearn")
+    finally:
+        connection.release()
+    assert json.loads(base64.b64decode(envelope["body"]))[0] == ["job-1"]
+
+
+def test_a_message_file_still_being_written_is_read_once_complete(isolated_home):
+    """A message file that appears empty (kombu's own publisher opens it, then writes) is read when its bytes arrive."""
+    import threading
+
+    dispatch.enqueue("job-2")
+    folder = isolated_home / "queue" / "messages"
+    [done] = list(folder.glob("*.msg"))
+    content = done.read_bytes()
+    late = folder / ("1" + done.name)  # sorts first: the consumer claims it before the complete one
+    late.write_bytes(b"")
+    writer = threading.Timer(0.3, lambda: (isolated_home / "queue" / "processed" / late.name).write_bytes(content))
+    writer.start()
+    connection, channel = _channel()
+    try:
+        first = channel._get("streamlearn")
+    finally:
+        writer.join()
+        connection.release()
+    assert json.loads(base64.b64decode(first["body"]))[0] == ["job-2"]
+
+
+def test_a_message_file_that_never_parses_is_set_aside_and_the_consumer_goes_on(isolated_home):
+    """A file that stays invalid is renamed to .bad and skipped (the worker keeps running; reconcile re-sends the job)."""
+    import queue
+
+    folder = isolated_home / "queue" / "messages"
+    dispatch.queue_folders(get_settings())
+    (folder / "1_x.streamlearn.msg").write_bytes(b"{not json")
+    connection, channel = _channel()
+    try:
+        with pytest.raises(queue.Empty):
+            channel._get("streamlearn")
+    finally:
+        connection.release()
+    assert [p.name for p in (isolated_home / "queue" / "processed").iterdir()] == ["1_x.streamlearn.msg.bad"]

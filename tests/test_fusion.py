@@ -250,6 +250,22 @@ def test_the_server_answers_a_fused_task_as_the_python_api_does(service, tmp_pat
     assert next(r for r in rows if r["task"] == "gamma")["sources"] == ["alpha", "beta"]
 
 
+def test_the_server_reports_a_fused_tasks_attention_as_the_fusion_command_does(service, tmp_path):
+    """`GET /v1/tasks/{task}/fusion` answers `fusion TASK --json`'s object; a non-fused task is a 422, an unknown one a 404."""
+    from fastapi.testclient import TestClient
+
+    from streamlearn.serve.app import create_app
+    from streamlearn.serve.config import ServeConfig
+
+    _stream(tmp_path)
+    with TestClient(create_app(ServeConfig(), None)) as client:
+        fused, plain, unknown = (client.get(f"/v1/tasks/{t}/fusion") for t in ("gamma", "alpha", "nope"))
+    cli = json.loads(CliRunner().invoke(main, ["fusion", "gamma", "--json"]).output)
+    assert fused.status_code == 200 and fused.json() == cli and cli["attention"]["sources"] == ["self", "alpha", "beta"]
+    assert plain.status_code == 422 and plain.json() == {"error": "task 'alpha' was trained with --method adapter, not --method fusion"}
+    assert unknown.status_code == 404 and unknown.json() == {"error": "no task 'nope' in the catalogue"}
+
+
 def test_the_server_refuses_a_fused_task_with_a_tampered_source_and_serves_the_others(service, tmp_path):
     """With beta's artifact changed, a fresh server answers 503 naming beta for gamma and still answers alpha."""
     pytest.importorskip("fastapi", reason="`streamlearn serve` needs fastapi")

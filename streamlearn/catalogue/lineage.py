@@ -80,3 +80,31 @@ def dependants(s: Session, task_id: int) -> list[str]:
 def referenced_uris(s: Session, uris: Sequence[str]) -> set[str]:
     """The keys among `uris` that a fused task's artifact uses as a source."""
     return set(s.scalars(select(FusionSource.source_uri).where(FusionSource.source_uri.in_(list(uris)))))
+
+
+def fusion_report(s: Session, task: str, locate) -> dict:
+    """A fused task's sources, rank, pruned sources, stage-1 and fused metrics and mean attention.
+
+    Read from the catalogue and the artifact's sidecar (no tensors); `locate` maps a catalogue key
+    to the artifact's path or address. What `streamlearn fusion TASK --json` and
+    `GET /v1/tasks/{task}/fusion` answer.
+
+    Raises:
+        UnknownTask: no such task, or no artifact yet.
+        InvalidConfig: the task is not a fused one.
+    """
+    from streamlearn.artifacts import read_metadata
+
+    rows = task_table(s, name=task)
+    if not rows:
+        raise UnknownTask(f"no task {task!r} in the catalogue")
+    row = rows[0]
+    if row["uri"] is None:
+        raise UnknownTask(f"task {task!r} has no trained artifact yet (status: {row['status']})")
+    if row["method"] != "fusion":
+        raise InvalidConfig(f"task {task!r} was trained with --method {row['method']}, not --method fusion")
+    meta = read_metadata(locate(row["uri"]))
+    fusion = meta.get("fusion", {})
+    return {"task": task, "sources": meta.get("sources", []), "rank": fusion.get("rank", 0),
+            "pruned": fusion.get("pruned", []), "stage1": fusion.get("stage1"),
+            "val": meta["metrics"]["val"], "test": meta["metrics"]["test"], "attention": fusion.get("attention")}

@@ -14,25 +14,11 @@ from streamlearn.cli.console import echo_json, make_console, plain
 def fusion_report(task: str) -> dict:
     """The task's sources (task, sha256, key), stage-1 and fused metrics, pruned sources and attention."""
     from streamlearn import jobs
-    from streamlearn.artifacts import read_metadata
-    from streamlearn.catalogue.queries import task_table
+    from streamlearn.catalogue import lineage
     from streamlearn.catalogue.session import session_scope
-    from streamlearn.errors import InvalidConfig, UnknownTask
 
     with session_scope(readonly=True) as s:
-        rows = task_table(s, name=task)
-    if not rows:
-        raise UnknownTask(f"no task {task!r} in the catalogue")
-    row = rows[0]
-    if row["uri"] is None:
-        raise UnknownTask(f"task {task!r} has no trained artifact yet (status: {row['status']})")
-    if row["method"] != "fusion":
-        raise InvalidConfig(f"task {task!r} is a {row['method']} task, not a fused one (--method fusion)")
-    meta = read_metadata(jobs.artifact_path(row["uri"]))
-    fusion = meta.get("fusion", {})
-    return {"task": task, "sources": meta.get("sources", []), "rank": fusion.get("rank", 0),
-            "pruned": fusion.get("pruned", []), "stage1": fusion.get("stage1"),
-            "val": meta["metrics"]["val"], "test": meta["metrics"]["test"], "attention": fusion.get("attention")}
+        return lineage.fusion_report(s, task, jobs.artifact_path)
 
 
 @main.command("fusion")

@@ -63,6 +63,16 @@ def task(task: str) -> dict:
         return next(r for r in task_table(s) if r["task"] == task)
 
 
+@router.get("/v1/tasks/{task}/fusion", summary="A fused task's sources and mean attention (`streamlearn fusion TASK --json`).")
+def task_fusion(task: str) -> dict:
+    from streamlearn import jobs
+    from streamlearn.catalogue import lineage
+    from streamlearn.catalogue.session import session_scope
+
+    with session_scope(readonly=True) as s:
+        return lineage.fusion_report(s, task, jobs.artifact_path)
+
+
 @router.get("/v1/jobs", summary="Jobs, oldest first (the JSON of `streamlearn jobs --json`).")
 def jobs(status: Literal["queued", "running", "succeeded", "failed"] | None = None) -> list[dict]:
     from streamlearn.catalogue.queries import list_jobs

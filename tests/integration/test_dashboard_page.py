@@ -104,13 +104,14 @@ class Server:
                 self.proc.wait(timeout=10)
 
 
-def _learn(server: Server, workers: Workers, env: dict[str, str], name: str, rows: dict[str, list[dict]]) -> str:
-    """Submit a task over HTTP, wait until it succeeds, then re-score every task over HTTP (one row of R)."""
+def _learn(server: Server, workers: Workers, env: dict[str, str], name: str, rows: dict[str, list[dict]],
+           **extra: str) -> str:
+    """Submit a task over HTTP (`extra`: more form fields), wait until it succeeds, then re-score every task over HTTP."""
     import httpx
 
     files = {part: (f"{name}.{part}.jsonl", "".join(json.dumps(r) + "\n" for r in part_rows))
              for part, part_rows in rows.items()}
-    fields = {"name": name, **TRAIN_FLAGS}
+    fields = {"name": name, **TRAIN_FLAGS, **extra}
     submitted = httpx.post(server.url + "/v1/tasks", files=files, data=fields, headers=server.auth, timeout=60)
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["job_id"]
@@ -337,6 +338,28 @@ def test_layout_is_usable_at_1280x800_and_at_phone_width(page):
             assert rect["x"] >= 0 and rect["x"] + rect["width"] <= inner + 1, (width, section.get_attribute("id"))
         button = page.find_element("css selector", "#try button")
         assert button.is_displayed() and button.size["width"] > 0
+
+
+def test_fusion_section_shows_a_fused_tasks_attention_as_the_api_reports_it(page, stack):
+    """A fused task learned over the earlier adapters gets a heatmap whose cells are GET /v1/tasks/{task}/fusion's attention."""
+    import httpx
+
+    server = stack["server"]
+    assert page.find_element("id", "fusion-section").get_attribute("hidden") is not None  # no fused task yet
+    _learn(server, stack["workers"], stack["env"], "fused", {"train": tiny_rows(64, 7), "validation": tiny_rows(16, 107),
+                                                             "test": tiny_rows(16, 207)}, method="fusion")
+    page.get(server.url + "/")
+    _wait_ready(page)
+    _until(page, lambda d: d.execute_script("return document.getElementById('fusion-heatmap').dataset.task === 'fused'"),
+           30, "the fusion heatmap")
+    attention = httpx.get(server.url + "/v1/tasks/fused/fusion", headers=server.auth, timeout=30).json()["attention"]
+    assert attention["sources"] == ["self", "alpha", "beta", "flat"]
+    expected = {(site, source): value for site, row in zip(attention["sites"], attention["mean"])
+                for source, value in zip(attention["sources"], row) if value is not None}
+    cells = page.find_elements("css selector", "#fusion-heatmap td.cell[data-value]")
+    shown = {(c.get_attribute("data-site"), c.get_attribute("data-source")): float(c.get_attribute("data-value")) for c in cells}
+    assert shown == expected and len(shown) == 4 * len(attention["sites"])
+    assert page.find_element("id", "fusion-section").get_attribute("hidden") is None
 
 
 def test_a_job_submitted_on_the_page_shows_progress_that_advances_without_reloading(page, stack):

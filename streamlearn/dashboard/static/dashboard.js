@@ -239,6 +239,40 @@ function renderMatrix() {
       `${r.majority_accuracy.toFixed(4)}, ${r.predicted_classes} label${r.predicted_classes === 1 ? "" : "s"} predicted.`)));
 }
 
+// ---- fusion attention ----------------------------------------------------------------------------
+
+function attentionHeat(value) {
+  // White (0) to deep blue (1): an attention weight is a share of the sources.
+  const t = Math.max(0, Math.min(1, value));
+  const mix = (a, b) => Math.round(a + (b - a) * t);
+  return { bg: `rgb(${mix(235, 31)},${mix(245, 97)},${mix(251, 141)})`, fg: t > 0.55 ? "#fff" : "#1b2631" };
+}
+
+async function renderFusion() {
+  const fused = state.tasks.filter((t) => t.method === "fusion" && t.artifact_job_id);
+  document.getElementById("fusion-section").hidden = !fused.length;
+  if (!fused.length) return;
+  const select = document.getElementById("fusion-task");
+  const chosen = fused.some((t) => t.task === select.value) ? select.value : fused[fused.length - 1].task;
+  select.replaceChildren(...fused.map((t) => el("option", { value: t.task, selected: t.task === chosen }, t.task)));
+  const report = await api(`/v1/tasks/${encodeURIComponent(chosen)}/fusion`);
+  const a = report.attention || { sources: [], sites: [], mean: [] };
+  const table = document.getElementById("fusion-heatmap");
+  table.dataset.task = chosen;
+  table.querySelector("thead").replaceChildren(el("tr", {}, el("th", {}, "site ↓ / source →"),
+    ...a.sources.map((source) => el("th", { scope: "col" }, source === "self" ? `${chosen} (own)` : source))));
+  table.querySelector("tbody").replaceChildren(...a.sites.map((site, i) => el("tr", {},
+    el("th", { scope: "row" }, site),
+    ...a.mean[i].map((v, j) => {
+      if (v === null) return el("td", { class: "cell none" }, "-");
+      const c = attentionHeat(v);
+      return el("td", { class: "cell", style: `background:${c.bg};color:${c.fg}`,
+        dataset: { site, source: a.sources[j], value: v } }, v.toFixed(3));
+    }))));
+  document.getElementById("fusion-pruned").textContent = report.pruned && report.pruned.length
+    ? `pruned by --fusion-top: ${report.pruned.join(", ")}` : "";
+}
+
 // ---- try it --------------------------------------------------------------------------------------
 
 function renderTryTasks() {
@@ -338,6 +372,7 @@ async function refreshCatalogue() {
   const [tasks, storage, matrix] = await Promise.all([api("/v1/tasks"), api("/v1/storage"), api("/v1/evaluations/matrix")]);
   state.tasks = tasks; state.storage = storage; state.matrix = matrix;
   renderStream(); renderStorage(); renderMatrix();
+  await renderFusion().catch((exc) => showProblem("cannot read a fused task's attention: " + exc.message));
 }
 
 async function pollJobs() {
@@ -366,6 +401,8 @@ async function start() {
   document.getElementById("try").addEventListener("submit", tryIt);
   document.getElementById("submit").addEventListener("submit", submitTask);
   document.getElementById("rescore").addEventListener("click", rescore);
+  document.getElementById("fusion-task").addEventListener("change", () =>
+    renderFusion().catch((exc) => showProblem("cannot read a fused task's attention: " + exc.message)));
   let resized = null;
   window.addEventListener("resize", () => { clearTimeout(resized); resized = setTimeout(renderStorage, 150); });
   try {
