@@ -232,10 +232,13 @@ def render(data: dict, docs_dir: Path) -> str:
                    "it (no new selection, so the extra seeds cannot move the choice). "
                    + " and ".join(m for m in METHODS if m in s["methods"] and m not in repeats)
                    + f" stay at seed {seeds[0]} only (labelled so below): one seed of the whole table took about 7,000 s on "
-                   "one core, so the seeded repeat was limited to the two methods the headline compares. The tasks ran in "
-                   "the order fixed before the run (" + ", ".join(f"`{t}`" for t in plan.get("tasks", [])) + "), one task's "
-                   "seeds after the other, until the CPU budget of the session ran out; "
-                   + (f"all {len(pr['seeded_tasks'])} tasks finished." if len(pr["seeded_tasks"]) == len(s["tasks"]) else
+                   "one core, so the seeded repeat was limited to the two methods the headline compares. "
+                   + ("Every task finished every seed: the first session ran them in the order fixed before the run ("
+                      + ", ".join(f"`{t}`" for t in plan.get("tasks", [])) + ") until its CPU budget ran out, and a later "
+                      "session ran the rest, cheapest first; with every task finished, the order chose nothing."
+                      if len(pr["seeded_tasks"]) == len(s["tasks"]) else
+                      "The tasks ran in the order fixed before the run (" + ", ".join(f"`{t}`" for t in plan.get("tasks", []))
+                      + "), one task's seeds after the other, until the CPU budget of the session ran out; "
                       f"**{len(pr['seeded_tasks'])} of {len(s['tasks'])} tasks** finished every seed "
                       f"({', '.join(f'`{t}`' for t in pr['seeded_tasks'])}); the other tasks enter the interval with seed "
                       f"{seeds[0]} only (a task whose repeat stopped half-way keeps its extra runs in the per-run table). The "
