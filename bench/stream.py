@@ -263,15 +263,27 @@ def _cross_check(data: dict, docs_dir: Path) -> list[str]:
     ts = table.get("settings", {})
     if any(ts.get(k) != st.get(k) for k in ("train_cap", "val_cap", "test_cap", "max_length", "epochs")):
         return []
-    same = {r["task"]: r["test_accuracy"] for r in table["runs"]
-            if r["method"] == st["method"] and r["seed"] == 0 and abs(r["lr"] - st["lr"]) <= 1e-12 * st["lr"]}
+    runs = [r for r in table["runs"]
+            if r["method"] == st["method"] and r["seed"] == 0 and abs(r["lr"] - st["lr"]) <= 1e-12 * st["lr"]]
+    same = {r["task"]: r["test_accuracy"] for r in runs}
     pairs = [(n, data["rows"][j][n], same[n]) for j, n in enumerate(data["tasks"]) if n in same and j < len(data["rows"])]
     if not pairs:
         return []
     equal = [n for n, a, b in pairs if a == b]
     return ["", f"Cross-check with the in-process runs of RESULTS.md (same files, caps, seed, lr {st['lr']:g}): R[j, j] equals "
             f"the in-process test accuracy exactly on {len(equal)} of {len(pairs)} tasks"
-            + ("." if len(equal) == len(pairs) else "; differing: " + ", ".join(f"`{n}` {a:.4f} vs {b:.4f}" for n, a, b in pairs if a != b) + ".")]
+            + ("." if len(equal) == len(pairs) else "; differing: " + ", ".join(f"`{n}` {a:.4f} vs {b:.4f}" for n, a, b in pairs if a != b) + ".")
+            + _versions(runs, data)]
+
+
+def _versions(runs: list[dict], data: dict) -> str:
+    """Which code made each side: equal numbers are only expected from the same code and libraries."""
+    theirs = sorted({str((r.get("machine") or {}).get("git_commit") or r.get("git_commit") or r.get("commit") or "?") for r in runs})
+    ours = (data.get("machine") or {}).get("git_commit") or data.get("provenance", {}).get("git_commit") or "?"
+    if theirs == [ours]:
+        return ""
+    return (f" The in-process runs came from commit(s) {', '.join(theirs)} and this stream from commit {ours}: training is "
+            "seeded, so the two agree exactly only when the code and the libraries (torch, transformers) are the same.")
 
 
 def main(argv: list[str] | None = None) -> dict:
