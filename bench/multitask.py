@@ -337,7 +337,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"--merge: a record made under other settings ({other['settings']})")
             data["accuracy"] += [r for r in other.get("accuracy", []) if (r["task"], r["drop"]) not in
                                  {(a["task"], a["drop"]) for a in data["accuracy"]}]
-            data["accuracy_plan"] = other.get("accuracy_plan", data.get("accuracy_plan"))
+            mine, theirs = data.get("accuracy_plan"), other.get("accuracy_plan")
+            if mine and theirs:  # both records' tasks, in the order they were planned
+                data["accuracy_plan"] = {**mine, "tasks": list(dict.fromkeys(mine["tasks"] + theirs["tasks"]))}
+            else:
+                data["accuracy_plan"] = theirs or mine
             taken = [part for part in ("parallel", "mixed", "cache") if part in other and part not in data]
             data.update({part: other[part] for part in taken})
             data.setdefault("merged", []).append({"provenance": other.get("provenance"), "command": other.get("command"),
