@@ -278,8 +278,8 @@ def _cross_check(data: dict, docs_dir: Path) -> list[str]:
 
 def _versions(runs: list[dict], data: dict) -> str:
     """Which code made each side: equal numbers are only expected from the same code and libraries."""
-    theirs = sorted({str((r.get("machine") or {}).get("git_commit") or r.get("git_commit") or r.get("commit") or "?") for r in runs})
-    ours = (data.get("machine") or {}).get("git_commit") or data.get("provenance", {}).get("git_commit") or "?"
+    theirs = sorted({str(r.get("git_commit", "?")) for r in runs})
+    ours = data.get("provenance", {}).get("git_commit", "?")
     if theirs == [ours]:
         return ""
     return (f" The in-process runs came from commit(s) {', '.join(theirs)} and this stream from commit {ours}: training is "

@@ -98,12 +98,14 @@ class Session:
         from streamlearn.artifacts import ArtifactStore
         from streamlearn.engine import load_task
         from streamlearn.errors import UnknownTask
+        from streamlearn.jobs import artifact_path
 
         missing = [n for n in dict.fromkeys(names) if n not in self.engine.resident()]
         if not missing:
             return
         with self._loading:
             rows = {row["task"]: row for row in self._table()}
+            store = ArtifactStore(self.artifacts)
             for name in missing:
                 if name in self.engine.resident():
                     continue
@@ -112,8 +114,8 @@ class Session:
                     raise UnknownTask(f"no task {name!r} in the catalogue")
                 if row["uri"] is None:
                     raise UnknownTask(f"task {name!r} has no trained artifact yet (status: {row['status']})")
-                path = Path(row["uri"]) if Path(row["uri"]).is_absolute() else ArtifactStore(self.artifacts).location(row["uri"])
-                self.engine.attach(name, load_task(path, self.backbone, expected_sha256=row["sha256"], name=name))
+                self.engine.attach(name, load_task(artifact_path(row["uri"], store), self.backbone,
+                                                   expected_sha256=row["sha256"], name=name))
 
     def predict(self, task: str, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Prediction]:
         """Predict each text (and its pair, for a pair task) with one task."""

@@ -43,9 +43,6 @@ def plot(task: str, attention: dict, path: str | Path, title: str | None = None)
                         color="white" if values[i, j] < 0.6 * np.nanmax(values) else "black")
     ax.set_title(title or f"{task}: mean fusion attention on validation", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    from streamlearn.storage import save_figure
+
+    return save_figure(fig, path)

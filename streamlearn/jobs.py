@@ -253,11 +253,16 @@ def fusion_sources(plan: JobPlan, fingerprint: str) -> list:
     return [SourceRef(**src) for src in found]
 
 
-def artifact_path(uri: str) -> Path | str:
-    """The file (S3: `s3://` address) of a catalogue artifact URI (a key of the store, so the store may move)."""
+def artifact_path(uri: str, store: ArtifactStore | None = None) -> Path | str:
+    """The file (S3: `s3://` address) of a catalogue artifact URI (a key of the store, so the store may move).
+
+    Args:
+        uri: The catalogue's key (an absolute path for artifacts of release 0.1.0).
+        store: The store the key belongs to (default: the settings' store).
+    """
     if Path(uri).is_absolute():
         return Path(uri)
-    return ArtifactStore(get_settings().artifacts).location(uri)
+    return (store or ArtifactStore(get_settings().artifacts)).location(uri)
 
 
 def artifact_plans(task: str | None) -> list[tuple[JobPlan, str, str, dict]]:

@@ -55,18 +55,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _here(worker: str | None, host: str) -> int | None:
+    """The pid of a `host:pid` worker that ran on this host, else None."""
+    worker_host, _, pid = (worker or "").rpartition(":")
+    return int(pid) if worker_host == host and pid.isdigit() else None
+
+
 def _dead_here(worker: str | None, host: str) -> bool:
-    if not worker or ":" not in worker:
-        return False
-    worker_host, _, pid = worker.rpartition(":")
-    return worker_host == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
+    pid = _here(worker, host)
+    return pid is not None and pid != os.getpid() and not pid_alive(pid)
 
 
 def _alive_here(worker: str | None, host: str) -> bool:
-    if not worker or ":" not in worker:
-        return False
-    worker_host, _, pid = worker.rpartition(":")
-    return worker_host == host and pid.isdigit() and pid_alive(int(pid))
+    pid = _here(worker, host)
+    return pid is not None and pid_alive(pid)
 
 
 def reconcile(settings: Settings | None = None, now: datetime | None = None) -> list[str]:
@@ -92,8 +94,7 @@ def reconcile(settings: Settings | None = None, now: datetime | None = None) -> 
         candidates: dict[str, tuple[datetime | None, tuple[str, int] | None]] = {}
         for row in queries.list_jobs(s, "running"):
             if _dead_here(row["worker"], host):
-                worker_host, _, pid = row["worker"].rpartition(":")
-                candidates[row["job_id"]] = (None, (worker_host, int(pid)))
+                candidates[row["job_id"]] = (None, (host, _here(row["worker"], host)))
         for row in queries.orphaned_jobs(s, now, settings.heartbeat_timeout):
             beat = datetime.fromisoformat(row["heartbeat_at"]) if row["heartbeat_at"] else None
             recent = beat is not None and (now - beat).total_seconds() < settings.task_time_limit

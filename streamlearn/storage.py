@@ -209,6 +209,13 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     )
     ax.grid(True, which="major", alpha=0.35)
     ax.legend(loc="upper left", fontsize=8, framealpha=0.95)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (folders created) and close a matplotlib figure; the path written."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -201,9 +201,10 @@ function renderStorage() {
 
 // ---- accuracy matrix -----------------------------------------------------------------------------
 
-function heat(value) {
-  // White (0.5 and below) to deep blue (1.0): most tasks live in the upper half.
-  const t = Math.max(0, Math.min(1, (value - 0.5) / 0.5));
+function heat(value, low = 0.5) {
+  // White (`low` and below) to deep blue (1.0): accuracies from 0.5 (most tasks live in the upper
+  // half), attention weights from 0.
+  const t = Math.max(0, Math.min(1, (value - low) / (1 - low)));
   const mix = (a, b) => Math.round(a + (b - a) * t);
   return { bg: `rgb(${mix(235, 31)},${mix(245, 97)},${mix(251, 141)})`, fg: t > 0.55 ? "#fff" : "#1b2631" };
 }
@@ -241,13 +242,6 @@ function renderMatrix() {
 
 // ---- fusion attention ----------------------------------------------------------------------------
 
-function attentionHeat(value) {
-  // White (0) to deep blue (1): an attention weight is a share of the sources.
-  const t = Math.max(0, Math.min(1, value));
-  const mix = (a, b) => Math.round(a + (b - a) * t);
-  return { bg: `rgb(${mix(235, 31)},${mix(245, 97)},${mix(251, 141)})`, fg: t > 0.55 ? "#fff" : "#1b2631" };
-}
-
 async function renderFusion() {
   const fused = state.tasks.filter((t) => t.method === "fusion" && t.artifact_job_id);
   document.getElementById("fusion-section").hidden = !fused.length;
@@ -265,7 +259,7 @@ async function renderFusion() {
     el("th", { scope: "row" }, site),
     ...a.mean[i].map((v, j) => {
       if (v === null) return el("td", { class: "cell none" }, "-");
-      const c = attentionHeat(v);
+      const c = heat(v, 0);
       return el("td", { class: "cell", style: `background:${c.bg};color:${c.fg}`,
         dataset: { site, source: a.sources[j], value: v } }, v.toFixed(3));
     }))));
