@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--docs-dir", default=str(task_data.REPO / "docs"))
     p.add_argument("--until", metavar="HH:MM", help="Start no job after this UTC time (the rest is reported as not run).")
     p.add_argument("--note", help="A paragraph the document states (e.g. how the protocol was shrunk).")
+    p.add_argument("--no-extras", action="store_true",
+                   help="Skip the --fusion-top run, the heatmaps and the inference timing (a second process's share).")
+    p.add_argument("--merge", nargs="+", metavar="JSON", default=[],
+                   help="Add the runs of other records (other processes' --docs-dir) made with the same settings but "
+                        "other caps or seeds; each part's command and commit are listed in the document.")
     p.add_argument("--report-only", action="store_true")
     return p.parse_args(argv)
 
@@ -80,9 +85,38 @@ class Results:
     def __init__(self, path: Path, settings: dict) -> None:
         self.path = path
         old = json.loads(path.read_text()) if path.exists() else {}
-        same = old.get("settings") == settings
+        same = old.get("settings") == settings or (
+            old.get("settings") and settings.get("caps") is None
+            and {k: v for k, v in old["settings"].items() if k != "caps"} == settings_without_caps(settings))
+        if same and settings.get("caps") is None:
+            settings["caps"] = old["settings"]["caps"]
         self.data = {"settings": settings, **{k: old.get(k, []) if same else [] for k in ("runs", "rescores")},
-                     **({k: old[k] for k in ("timing", "heatmaps", "machine", "note", "seeds", "command") if same and k in old})}
+                     **({k: old[k] for k in ("timing", "heatmaps", "machine", "note", "seeds", "command", "parts")
+                        if same and k in old})}
+
+    def merge(self, path: Path) -> None:
+        """Union another record's runs and re-scorings into this one (settings equal but for the caps)."""
+        other = json.loads(path.read_text())
+        mine = {k: v for k, v in self.data["settings"].items() if k != "caps"}
+        theirs = {k: v for k, v in other["settings"].items() if k != "caps"}
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise SystemExit(f"{path}: made with other settings ({', '.join(diff)}); not merged")
+        for key, fields in (("runs", ("cap", "seed", "task", "variant")), ("rescores", ("cap", "seed", "step"))):
+            for row in other.get(key, []):
+                if not self.find(key, **{f: row[f] for f in fields}):
+                    self.data[key].append(row)
+        caps = sorted(set(self.data["settings"]["caps"]) | set(other["settings"]["caps"]))
+        self.data["settings"]["caps"] = caps
+        self.data["seeds"] = sorted(set(self.data.get("seeds", [])) | set(other.get("seeds", [])))
+        for k in ("timing", "heatmaps"):
+            if not self.data.get(k) and other.get(k):
+                self.data[k] = other[k]
+        parts = [p for p in self.data.get("parts", []) if p.get("file") != str(path)]
+        parts.append({"file": str(path), "command": other.get("command"), "caps": other["settings"]["caps"],
+                      "git_commit": other.get("machine", {}).get("git_commit"),
+                      "git_dirty": other.get("machine", {}).get("git_dirty")})
+        self.data["parts"] = parts
 
     def find(self, key: str, **match) -> dict | None:
         return next((r for r in self.data[key] if all(r.get(k) == v for k, v in match.items())), None)
@@ -92,6 +126,10 @@ class Results:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1) + "\n", encoding="utf-8")
         tmp.replace(self.path)
+
+
+def settings_without_caps(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "caps"}
 
 
 def _use_home(home: Path, backbone: str | None) -> None:
@@ -222,9 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     (docs / "results").mkdir(parents=True, exist_ok=True)
     lrs = _lrs(args)
     settings = {k: v for k, v in {**vars(args), "lrs": lrs}.items() if k in SETTING_KEYS}
+    if args.report_only and args.merge:
+        settings["caps"] = None  # the record's caps, widened by the merged parts
     results = Results(docs / "results" / "fusion.json", settings)
     if args.note:
         results.data["note"] = args.note
+    for path in args.merge:
+        results.merge(Path(path))
+    if args.merge:
+        results.save()
     if args.seeds or not args.report_only:
         results.data["seeds"] = args.seeds = args.seeds or [0, 1, 2]
     if not args.report_only:
@@ -236,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         top_cap = 300 if 300 in args.caps else args.caps[0]
         for cap in args.caps:
             for seed in args.seeds:
-                run_stream(args, results, cap, seed, lrs, top_stream=(cap == top_cap and seed == args.seeds[0]))
-        if not _late(args):
+                run_stream(args, results, cap, seed, lrs,
+                           top_stream=(cap == top_cap and seed == args.seeds[0] and not args.no_extras))
+        if not _late(args) and not args.no_extras:
             heatmaps(args, results, top_cap, args.seeds[0])
             timing(args, results, top_cap, args.seeds[0])
         results.save()

@@ -152,6 +152,10 @@ def render(data: dict) -> str:
                   f"`{machine.get('git_commit')}` (tree {'dirty' if machine.get('git_dirty') else 'clean'}) on "
                   f"{machine_info.sentence(machine)}. Rebuild the document with `python -m bench.fusion --report-only` "
                   "and the same flags.", ""]
+    for part in data.get("parts", []):
+        lines += [f"Merged in (`--merge`): the runs at train caps {', '.join(map(str, part['caps']))} of "
+                  f"`{part.get('command')}` at commit `{part.get('git_commit')}` (tree "
+                  f"{'dirty' if part.get('git_dirty') else 'clean'}), a second process on the same machine.", ""]
     if data.get("note"):
         lines += [f"**How this run was shrunk.** {data['note']}", ""]
     lines += ["## Protocol", "",

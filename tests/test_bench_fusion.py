@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import tiny_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,3 +55,23 @@ def test_fusion_bench_runs_the_stream_writes_the_document_and_resumes(tiny_backb
     assert fusion.main(argv) == 0
     rerun = json.loads((docs / "results" / "fusion.json").read_text())
     assert [r["finished_at"] for r in rerun["runs"]] == [r["finished_at"] for r in saved["runs"]]
+
+    # A second process's share (another cap, no extras, its own docs folder) merges in; other settings are refused.
+    docs2 = tmp_path / "docs2"
+    argv2 = [a if a != str(docs) else str(docs2) for a in argv]
+    argv2[argv2.index("--caps") + 1] = "16"
+    assert fusion.main(argv2 + ["--no-extras"]) == 0
+    second = json.loads((docs2 / "results" / "fusion.json").read_text())
+    assert not second.get("timing") and not any(r["variant"] == "fusion-top1" for r in second["runs"])
+    at = argv.index("--caps")
+    merged_argv = argv[:at] + argv[at + 2:] + ["--report-only", "--merge", str(docs2 / "results" / "fusion.json")]
+    assert fusion.main(merged_argv) == 0
+    merged = json.loads((docs / "results" / "fusion.json").read_text())
+    assert merged["settings"]["caps"] == [16, 32] and len(merged["runs"]) == len(saved["runs"]) + len(second["runs"])
+    text = (docs / "FUSION.md").read_text()
+    assert "## Train cap 16" in text and "## Train cap 32" in text and "Merged in (`--merge`)" in text
+    other = json.loads((docs2 / "results" / "fusion.json").read_text())
+    other["settings"]["epochs"] = 2
+    (docs2 / "results" / "fusion.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="other settings \\(epochs\\)"):
+        fusion.main(merged_argv)

@@ -98,6 +98,32 @@ def test_fusion_parameter_count_equals_its_formula_for_full_and_low_rank(tiny_ba
         assert parameter_count(config, shape) - fusion == parameter_count(MethodConfig(adapter_size=8), shape)
 
 
+@pytest.mark.parametrize("rank", [0, 8])
+def test_the_fusion_layer_computes_the_papers_formula_applying_key_and_value_to_every_source(rank):
+    """The layer folds K and V through the sum (cheaper); the result must be the per-source formula."""
+    from streamlearn.engine.fusion import FusionLayer
+
+    torch.manual_seed(0)
+    layer = FusionLayer(32, rank)
+    for p in layer.parameters():  # away from the initial identity, so that K and V matter
+        p.data.normal_(0, 0.1)
+    hidden, ups = torch.randn(3, 5, 32), torch.randn(3, 5, 4, 32)
+
+    def key(u):
+        return layer.key(u)
+
+    def value(u):
+        return u + layer.value(u) if rank else layer.value(u)
+
+    scores = torch.einsum("btd,btsd->bts", layer.query(hidden), key(ups))
+    attention = torch.softmax(scores, dim=-1)
+    expected = hidden + torch.einsum("bts,btsd->btd", attention, value(ups))
+    with torch.no_grad():
+        out, got = layer(hidden, ups)
+    assert torch.allclose(got, attention, atol=1e-5) and torch.allclose(out, expected, atol=1e-5)
+    assert attention.std() > 0.02  # the sources are weighted unequally: the scores matter
+
+
 def test_stage_one_is_the_adapter_method_and_stage_two_leaves_the_own_adapter_unchanged(tiny_backbone, tiny_task_files,
                                                                                         tmp_path):
     """A fused task's adapter, LayerNorm tensors and stage-1 metrics equal an adapter run's with the same seed, bit for bit."""
