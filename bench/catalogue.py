@@ -75,11 +75,14 @@ def populate(url: str, count: int, start: int = 0) -> None:
             "VALUES (1, 'all-MiniLM-L6-v2', '/packaged', repeat('a', 64), 6, 384, 22713216, 90852864, now()) "
             "ON CONFLICT (id) DO NOTHING"))
         conn.execute(text(
-            "INSERT INTO tasks (id, name, created_at, dataset_sha256, files, rows, labels, text_field, label_field) "
+            "INSERT INTO tasks (id, name, created_at, dataset_sha256, files, rows, labels, text_field, label_field, "
+            "latest_job_id, latest_status) "
             "SELECT g, 'task-' || lpad(g::text, 6, '0'), timestamptz '2026-01-01' + g * interval '1 second', "
             "md5('t' || g) || md5('u' || g), "
             "json_build_object('train', md5('t' || g) || md5('u' || g), 'test', md5('v' || g) || md5('w' || g)), "
-            "json_build_object('train', 6000, 'validation', 600, 'test', 1000), '[\"neg\", \"pos\"]'::json, 'text', 'label' "
+            "json_build_object('train', 6000, 'validation', 600, 'test', 1000), '[\"neg\", \"pos\"]'::json, 'text', 'label', "
+            "md5('b' || g)::uuid::text, "
+            "CASE WHEN g >= CAST(:running_from AS integer) THEN 'running' WHEN g >= CAST(:queued_from AS integer) THEN 'queued' ELSE 'succeeded' END "
             "FROM generate_series(CAST(:lo AS integer), CAST(:hi AS integer)) g"), params)
         # Per task: job 'a' (failed, older) and job 'b' (succeeded; running or queued for the last tasks).
         conn.execute(text(
@@ -107,9 +110,10 @@ def populate(url: str, count: int, start: int = 0) -> None:
             "FROM generate_series(CAST(:lo AS integer), CAST(:hi AS integer)) g"), params)
         conn.execute(text(
             "INSERT INTO artifacts (job_id, backbone_id, uri, sha256, bytes, trainable_params, stored_params, method, "
-            "adapter_size, classes, created_at) "
+            "adapter_size, classes, created_at, task_id, visible, drop_layers, store_dtype, fusion_rank) "
             "SELECT md5('b' || g)::uuid::text, 1, 'tasks/task-' || lpad(g::text, 6, '0') || '/' || md5('b' || g)::uuid::text "
-            "|| '.safetensors', md5('x' || g) || md5('y' || g), :bytes, 608354, 608354, 'adapter', 64, 2, now() "
+            "|| '.safetensors', md5('x' || g) || md5('y' || g), :bytes, 608354, 608354, 'adapter', 64, 2, now(), g, true, 0, "
+            "'float32', 0 "
             "FROM generate_series(CAST(:lo AS integer), CAST(:queued_from AS integer) - 1) g"), params)
         conn.execute(text(
             "INSERT INTO metrics (job_id, split, name, value) "

@@ -18,6 +18,7 @@ from sqlalchemy import select, text
 
 from streamlearn.artifacts import ArtifactStore, artifact_files, stored_datasets, temporary_files
 from streamlearn.catalogue.models import Artifact, Task
+from streamlearn.catalogue.records import summary_mismatches
 from streamlearn.catalogue.session import HEAD_REVISION, current_revision, get_engine, resolve_url, session_scope
 from streamlearn.settings import get_settings, mask_url
 
@@ -38,7 +39,8 @@ def check(url: str | None = None) -> dict[str, Any]:
 
     Returns:
         `{catalogue, integrity, revision, head, missing_artifacts, missing_datasets,
-        unreferenced_datasets, unreferenced_artifacts, temporary_files, ok}`; `ok` is False when
+        unreferenced_datasets, unreferenced_artifacts, temporary_files, stale_summaries, ok}`
+        (`stale_summaries`: tasks or artifacts whose summary columns disagree with their jobs); `ok` is False when
         any check found a problem (unreferenced and temporary files count: they waste space).
 
     Raises:
@@ -51,6 +53,7 @@ def check(url: str | None = None) -> dict[str, Any]:
     with session_scope(url, readonly=True) as s:
         artifact_uris = list(s.scalars(select(Artifact.uri)))
         task_files = [(name, files) for name, files in s.execute(select(Task.name, Task.files))]
+        stale = summary_mismatches(s) if revision == HEAD_REVISION else []
         s.execute(text("SELECT 1"))
     from streamlearn.jobs import artifact_path
 
@@ -66,9 +69,9 @@ def check(url: str | None = None) -> dict[str, Any]:
         "catalogue": mask_url(url), "integrity": integrity, "revision": revision, "head": HEAD_REVISION,
         "missing_artifacts": missing_artifacts, "missing_datasets": missing_datasets,
         "unreferenced_datasets": unreferenced_datasets, "unreferenced_artifacts": unreferenced_artifacts,
-        "temporary_files": temporary,
+        "temporary_files": temporary, "stale_summaries": stale,
     }
     report["ok"] = (integrity in ("ok", "n/a") and revision == HEAD_REVISION
                     and not any(report[k] for k in ("missing_artifacts", "missing_datasets", "unreferenced_datasets",
-                                                    "unreferenced_artifacts", "temporary_files")))
+                                                    "unreferenced_artifacts", "temporary_files", "stale_summaries")))
     return report

@@ -138,12 +138,14 @@ def bulk_catalogue(s, tasks: int, *, bytes_of=lambda i: 2_423_816 + 1_096, m_of=
     bb = records.ensure_backbone(s, MINILM)
     now, prefix = utcnow(), uuid.uuid4().hex[:8]
     names = [f"{prefix}-{i:05d}" if prefix_names else f"task-{i:05d}" for i in range(tasks)]
+    job_ids = [f"{prefix}-{i:04x}-4000-8000-{i:012x}"[:36] for i in range(tasks)]
+    # The summary columns the service keeps (tasks.latest_*, artifacts.task_id ...), as `records` writes them.
     s.execute(insert(Task), [
         {"name": names[i], "created_at": now, "dataset_sha256": f"{i:064x}", "files": {},
-         "rows": {"train": 100}, "labels": ["a", "b"], "text_field": "text", "label_field": "label"}
+         "rows": {"train": 100}, "labels": ["a", "b"], "text_field": "text", "label_field": "label",
+         "latest_job_id": job_ids[i], "latest_status": "succeeded"}
         for i in range(tasks)])
     task_ids = dict(s.execute(select(Task.name, Task.id).where(Task.name.in_(names))).all())
-    job_ids = [f"{prefix}-{i:04x}-4000-8000-{i:012x}"[:36] for i in range(tasks)]
     s.execute(insert(Job), [
         {"id": job_ids[i], "task_id": task_ids[names[i]], "kind": "train", "method": "adapter",
          "hyperparameters": {"m": m_of(i)}, "spec_sha256": "0" * 64, "status": JobStatus.SUCCEEDED, "attempts": 0,
@@ -152,7 +154,8 @@ def bulk_catalogue(s, tasks: int, *, bytes_of=lambda i: 2_423_816 + 1_096, m_of=
     s.execute(insert(Artifact), [
         {"job_id": job_ids[i], "backbone_id": bb.id, "uri": f"file:///{names[i]}", "sha256": f"{i:064x}",
          "bytes": bytes_of(i), "trainable_params": 1, "stored_params": 1, "method": "adapter",
-         "adapter_size": m_of(i), "classes": classes_of(i), "created_at": now}
+         "adapter_size": m_of(i), "classes": classes_of(i), "created_at": now, "task_id": task_ids[names[i]],
+         "visible": True, "drop_layers": 0, "store_dtype": "float32", "fusion_rank": 0}
         for i in range(tasks)])
     s.execute(insert(Metric), [
         {"job_id": job_ids[i], "split": split, "name": "accuracy", "value": i / tasks}

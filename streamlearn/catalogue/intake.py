@@ -56,11 +56,14 @@ def ensure_backbone(s: Session, info: Mapping[str, Any]) -> Backbone:
 
 def _new_job(task: Task, method: str, hyperparameters: Mapping[str, Any], kind: JobKind, parent_id: str | None) -> Job:
     now = utcnow()
-    return Job(
+    job = Job(
         id=str(uuid.uuid4()), task=task, kind=JobKind(kind), parent_id=parent_id, method=method,
         hyperparameters=dict(hyperparameters), spec_sha256=spec_sha256(method, hyperparameters),
         status=JobStatus.QUEUED, attempts=0, chosen=False, created_at=now, enqueued_at=now,
     )
+    if job.kind != JobKind.TRIAL:  # the task's newest job now (a sweep stands for its trials)
+        task.latest_job_id, task.latest_status = job.id, JobStatus.QUEUED.value
+    return job
 
 
 def create_task_and_job(

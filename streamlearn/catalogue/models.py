@@ -126,7 +126,10 @@ class Task(Base):
     """A labelled dataset that arrived in the stream; arrival order is the order of `id`."""
 
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_name_pattern", "name", postgresql_ops={"name": "varchar_pattern_ops"}),)
+    __table_args__ = (
+        Index("ix_tasks_name_pattern", "name", postgresql_ops={"name": "varchar_pattern_ops"}),
+        Index("ix_tasks_latest_status_id", "latest_status", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -141,6 +144,10 @@ class Task(Base):
     text_field: Mapped[str] = mapped_column(String(100), default="text")
     label_field: Mapped[str] = mapped_column(String(100), default="label")
     pair_field: Mapped[str | None] = mapped_column(String(100))
+    latest_job_id: Mapped[str | None] = mapped_column(String(36))
+    """The task's newest non-trial job (set when a job is created; `tasks` shows its status)."""
+    latest_status: Mapped[str | None] = mapped_column(String(16))
+    """That job's status, kept by every status change (`records`), so `tasks --status S` reads an index."""
 
     jobs: Mapped[list[Job]] = relationship(back_populates="task", order_by="Job.created_at")
 
@@ -206,7 +213,10 @@ class Artifact(Base):
     """The stored per-task tensors of one succeeded job (at most one per job)."""
 
     __tablename__ = "artifacts"
-    __table_args__ = (Index("ix_artifacts_uri", "uri"),)
+    __table_args__ = (
+        Index("ix_artifacts_uri", "uri"),
+        Index("ix_artifacts_task_id_visible_id", "task_id", "visible", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
@@ -220,6 +230,14 @@ class Artifact(Base):
     adapter_size: Mapped[int | None] = mapped_column(Integer)
     classes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Copied from the job when the row is written (revision 0006 filled them in for older rows), so
+    # the storage report's totals read this table alone: its job's task, whether it is visible (a
+    # training job's, or a sweep's chosen trial's), and the storage law's shape keys.
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    visible: Mapped[bool | None] = mapped_column(Boolean)
+    drop_layers: Mapped[int | None] = mapped_column(Integer)
+    store_dtype: Mapped[str | None] = mapped_column(String(16))
+    fusion_rank: Mapped[int | None] = mapped_column(Integer)
 
     job: Mapped[Job] = relationship(back_populates="artifact")
     backbone: Mapped[Backbone] = relationship()

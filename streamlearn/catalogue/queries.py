@@ -51,32 +51,6 @@ def _ranked_artifacts(task_ids=None):
     return stmt.subquery("ranked")
 
 
-def _latest_jobs(task_ids=None):
-    """Each task's jobs ranked newest first (trials excluded: their sweep stands for them)."""
-    rank = func.row_number().over(partition_by=Job.task_id, order_by=(Job.created_at.desc(), Job.id.desc()))
-    stmt = (
-        select(Job.id.label("job_id"), Job.task_id.label("task_id"), Job.status.label("status"), rank.label("rn"))
-        .where(Job.kind != JobKind.TRIAL)
-    )
-    if task_ids is not None:
-        stmt = stmt.where(Job.task_id.in_(task_ids))
-    return stmt.subquery("latest")
-
-
-def _latest_with_status(status: JobStatus):
-    """Ids of tasks whose newest non-trial job has `status`, driven from the jobs with that status
-    (index jobs(status, ...)) and checked newest by an anti-join (index jobs(task_id, created_at)),
-    so a rare status (queued, running) reads only its few jobs, not every task."""
-    newer = aliased(Job)
-    is_newest = ~(
-        select(newer.id)
-        .where(newer.task_id == Job.task_id, newer.kind != JobKind.TRIAL,
-               or_(newer.created_at > Job.created_at, and_(newer.created_at == Job.created_at, newer.id > Job.id)))
-        .exists()
-    )
-    return select(Job.task_id).where(Job.status == status, Job.kind != JobKind.TRIAL, is_newest)
-
-
 def task_page(s: Session, *, limit: int | None = None, after: str | None = None, status: JobStatus | str | None = None,
               name_like: str | None = None, name: str | None = None):
     """A subquery of the ids of one page of tasks in arrival order (keyset paging: `after` a task name).
@@ -95,7 +69,7 @@ def task_page(s: Session, *, limit: int | None = None, after: str | None = None,
     if name_like is not None:
         stmt = stmt.where(Task.name.like(name_like))
     if status is not None:
-        stmt = stmt.where(Task.id.in_(_latest_with_status(JobStatus(status))))
+        stmt = stmt.where(Task.latest_status == JobStatus(status).value)
     if limit is not None:
         stmt = stmt.limit(limit)
     return stmt.subquery("page")
@@ -132,12 +106,12 @@ def task_table(s: Session, *, limit: int | None = None, after: str | None = None
     """
     page = task_page(s, limit=limit, after=after, status=status, name_like=name_like, name=name)
     ids = select(page.c.id)
-    ranked, latest = _ranked_artifacts(ids), _latest_jobs(ids)
+    ranked, latest = _ranked_artifacts(ids), aliased(Job)
     val, test, owner = aliased(Metric), aliased(Metric), aliased(Job)
     val_collapsed, test_collapsed = aliased(Metric), aliased(Metric)
     stmt = (
         select(
-            Task.name, Task.created_at, latest.c.status, latest.c.job_id, owner.id, owner.hyperparameters,
+            Task.name, Task.created_at, latest.status, latest.id, owner.id, owner.hyperparameters,
             Artifact.method, Artifact.adapter_size, Artifact.trainable_params, Artifact.stored_params,
             Artifact.bytes, Artifact.sha256, Artifact.uri, Artifact.classes, Backbone.name,
             val.value, test.value, val_collapsed.value, test_collapsed.value,
@@ -153,7 +127,7 @@ def task_table(s: Session, *, limit: int | None = None, after: str | None = None
                                        val_collapsed.name == "collapsed"))
         .outerjoin(test_collapsed, and_(test_collapsed.job_id == Artifact.job_id, test_collapsed.split == "test",
                                         test_collapsed.name == "collapsed"))
-        .outerjoin(latest, and_(latest.c.task_id == Task.id, latest.c.rn == 1))
+        .outerjoin(latest, latest.id == Task.latest_job_id)
         .order_by(Task.id)
     )
     keys = ("task", "created_at", "status", "job_id", "artifact_job_id", "hyperparameters", "method",
@@ -406,36 +380,33 @@ _VISIBLE = 1 << 48
 def _storage_totals(s: Session) -> dict[str, int]:
     """Every learned task's bytes, law bytes and full-copy bytes, summed in SQL (one statement).
 
-    Each task's current artifact is found with one grouped MAX instead of the window ranking of
-    the task table (a sort of every artifact): artifact ids grow with their jobs' finish, so the
-    newest visible artifact has the largest id, and visible ones are lifted above the rest.
+    Each task's current artifact is found with one grouped MAX over the artifacts table alone
+    (its index (task_id, visible, id); revision 0006 copied the task and the law's shape keys onto
+    each row) instead of the window ranking of the task table (a sort of every artifact joined to
+    its job): artifact ids grow with their jobs' finish, so the newest visible artifact has the
+    largest id, and visible ones are lifted above the rest.
     """
-    visible = or_(Job.kind == JobKind.TRAIN, Job.chosen.is_(True))
     lift = literal(_VISIBLE, BigInteger)
     current = (
-        select(func.max(case((visible, cast(Artifact.id, BigInteger) + lift), else_=cast(Artifact.id, BigInteger)))
-               .label("key"),
+        select(func.max(case((Artifact.visible.is_(True), cast(Artifact.id, BigInteger) + lift),
+                             else_=cast(Artifact.id, BigInteger))).label("key"),
                func.sum(Artifact.bytes).label("task_bytes"))
-        .join(Job, Job.id == Artifact.job_id)
-        .group_by(Job.task_id)
+        .group_by(Artifact.task_id)
         .subquery("current")
     )
     artifact_id = case((current.c.key >= lift, current.c.key - lift), else_=current.c.key)
     # The law is the registry's one formula (`storage.task_params`), applied in Python once per
-    # distinct shape (backbone, m, C, AdapterDrop depth, stored dtype): SQL sums per group, so the
-    # rows that leave the database are a handful whatever K is. Jobs of release 0.1.0 carry no
-    # drop_layers / store_dtype: 0 and float32.
-    drop = func.coalesce(Job.hyperparameters[("method", "drop_layers")].as_integer(), 0)
-    dtype = func.coalesce(Job.hyperparameters[("train", "store_dtype")].as_string(), "float32")
-    rank = func.coalesce(Job.hyperparameters[("method", "fusion_rank")].as_integer(), 0)
-    shape = (Backbone.layers, Backbone.hidden, Artifact.adapter_size, Artifact.classes, drop, dtype, Artifact.method, rank)
+    # distinct shape (backbone, m, C, AdapterDrop depth, stored dtype, method, fusion rank): SQL
+    # sums per group, so the rows that leave the database are a handful whatever K is.
+    shape = (Backbone.layers, Backbone.hidden, Artifact.adapter_size, Artifact.classes,
+             func.coalesce(Artifact.drop_layers, 0), func.coalesce(Artifact.store_dtype, "float32"), Artifact.method,
+             func.coalesce(Artifact.fusion_rank, 0))
     stmt = (
         select(*shape, func.count(), func.sum(current.c.task_bytes), func.sum(Artifact.stored_params),
                func.sum(Backbone.bytes))
         .select_from(current)
         .join(Artifact, Artifact.id == artifact_id)
         .join(Backbone, Backbone.id == Artifact.backbone_id)
-        .join(Job, Job.id == Artifact.job_id)
         .group_by(*shape)
     )
     count = stored = law_bytes = full = fused = 0

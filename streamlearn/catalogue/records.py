@@ -30,7 +30,7 @@ from streamlearn.catalogue.intake import (  # re-exported: records is the catalo
     find_task,
     spec_sha256,
 )
-from streamlearn.catalogue.models import Artifact, Backbone, Job, JobKind, JobStatus, Metric, utcnow
+from streamlearn.catalogue.models import Artifact, Backbone, Job, JobKind, JobStatus, Metric, Task, utcnow
 from streamlearn.errors import UnknownJob
 
 __all__ = [
@@ -85,7 +85,14 @@ def _transition(s: Session, job_id: str, to: JobStatus, *conditions: Any, **valu
         raise UnknownJob(f"no job {job_id!r}")
     if result.rowcount != 1:
         raise InvalidTransition(job_id, job.status, to)
+    _follow_latest(s, job.task_id, job_id, to)
     return job
+
+
+def _follow_latest(s: Session, task_id: int, job_id: str, status: JobStatus) -> None:
+    """Keep `tasks.latest_status` equal to the status of the task's newest job (a no-op for older jobs and trials)."""
+    s.execute(update(Task).where(Task.id == task_id, Task.latest_job_id == job_id).values(latest_status=status.value)
+              .execution_options(synchronize_session=False))
 
 
 def mark_running(s: Session, job_id: str, host: str, pid: int) -> Job:
@@ -157,6 +164,46 @@ def _metric_rows(job_id: str, metrics: Mapping[str, Any]) -> list[Metric]:
     return rows
 
 
+def artifact_summary(job: Job) -> dict[str, Any]:
+    """The columns an artifact row copies from its job (what the storage totals group by)."""
+    return summary_of(job.task_id, job.kind, job.chosen, job.hyperparameters)
+
+
+def summary_of(task_id: int, kind: JobKind | str, chosen: bool | None, hyperparameters: Mapping | None) -> dict[str, Any]:
+    """`artifact_summary` from a job's columns; a job of release 0.1.0 recorded no AdapterDrop depth,
+    stored dtype or fusion rank: 0, float32, 0."""
+    hp = hyperparameters or {}
+    method, train = hp.get("method") or {}, hp.get("train") or {}
+    return {"task_id": task_id, "visible": JobKind(kind) == JobKind.TRAIN or bool(chosen),
+            "drop_layers": int(method.get("drop_layers") or 0), "store_dtype": str(train.get("store_dtype") or "float32"),
+            "fusion_rank": int(method.get("fusion_rank") or 0)}
+
+
+def summary_mismatches(s: Session) -> list[str]:
+    """Where the summary columns (`tasks.latest_*`, `artifacts.task_id` ...) differ from the jobs they
+    summarise, one line each ([] when they agree). Reads every job: for `db check` and tests, not a hot path."""
+    newest: dict[int, tuple] = {}
+    for job_id, task_id, status, created in s.execute(
+            select(Job.id, Job.task_id, Job.status, Job.created_at).where(Job.kind != JobKind.TRIAL)):
+        if task_id not in newest or (created, job_id) > (newest[task_id][2], newest[task_id][0]):
+            newest[task_id] = (job_id, JobStatus(status).value, created)
+    out = []
+    for task_id, name, job_id, status in s.execute(select(Task.id, Task.name, Task.latest_job_id, Task.latest_status)):
+        want = newest.get(task_id, (None, None))[:2]
+        if (job_id, status) != want:
+            out.append(f"task {name}: newest job {want[0]} ({want[1]}), summary {job_id} ({status})")
+    columns = (Artifact.task_id, Artifact.visible, Artifact.drop_layers, Artifact.store_dtype, Artifact.fusion_rank)
+    for row in s.execute(select(Artifact.job_id, *columns, Job.task_id, Job.kind, Job.chosen, Job.hyperparameters)
+                         .join(Job, Job.id == Artifact.job_id)):
+        stored = dict(zip(("task_id", "visible", "drop_layers", "store_dtype", "fusion_rank"), row[1:6]))
+        stored["visible"] = None if stored["visible"] is None else bool(stored["visible"])
+        want = summary_of(*row[6:])
+        if stored != want:
+            diff = ", ".join(f"{k} {stored[k]!r} (job says {want[k]!r})" for k in want if stored[k] != want[k])
+            out.append(f"artifact of job {row[0]}: {diff}")
+    return out
+
+
 def mark_succeeded(s: Session, job_id: str, artifact: Mapping[str, Any], metrics: Mapping[str, Any]) -> Artifact:
     """running -> succeeded, with its Artifact and Metric rows, in the caller's one transaction.
 
@@ -199,7 +246,7 @@ def mark_succeeded(s: Session, job_id: str, artifact: Mapping[str, Any], metrics
             if stored is not None:
                 return stored
         raise
-    row = Artifact(job_id=job.id, backbone_id=backbone_id, **fields)
+    row = Artifact(job_id=job.id, backbone_id=backbone_id, **fields, **artifact_summary(job))
     s.add(row)
     s.add_all(_metric_rows(job.id, metrics))
     s.flush()
@@ -293,6 +340,8 @@ def start_sweep(s: Session, sweep_id: str) -> bool:
         update(Job).where(Job.id == sweep_id, Job.kind == JobKind.SWEEP, Job.status == Q)
         .values(status=R, started_at=utcnow()).execution_options(synchronize_session=False)
     )
+    if result.rowcount == 1:
+        _follow_latest(s, s.scalar(select(Job.task_id).where(Job.id == sweep_id)), sweep_id, R)
     return result.rowcount == 1
 
 
@@ -319,6 +368,8 @@ def complete_sweep(s: Session, sweep_id: str, winner_id: str) -> list[str]:
         _transition(s, sweep.id, R, Job.status == Q, started_at=utcnow())
     _transition(s, sweep.id, S, finished_at=utcnow())
     s.execute(update(Job).where(Job.parent_id == sweep.id).values(chosen=Job.id == winner.id)
+              .execution_options(synchronize_session=False))
+    s.execute(update(Artifact).where(Artifact.job_id == winner.id).values(visible=True)
               .execution_options(synchronize_session=False))
     losers = select(Job.id).where(Job.parent_id == sweep.id, Job.id != winner.id)
     uris = list(s.scalars(select(Artifact.uri).where(Artifact.job_id.in_(losers))))

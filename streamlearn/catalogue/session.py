@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from streamlearn.errors import CatalogueUnusable, StreamlearnError, TransientError
 from streamlearn.settings import get_settings, mask_url
 
-HEAD_REVISION = "0005_fusion_sources"
+HEAD_REVISION = "0006_catalogue_summary"
 """The newest migration; a test checks it against the migration scripts."""
 
 def migrations_dir() -> Path:

@@ -216,8 +216,9 @@ def db_check_command(as_json: bool) -> None:
 
     Checks: SQLite's integrity_check (PostgreSQL: n/a), the schema revision against this
     streamlearn's head, artifact rows whose file is missing, tasks whose stored dataset copy is
-    missing, dataset copies and artifact files no row refers to, and temporary files left by a
-    killed writer (workers remove those older than an hour). Nothing is changed. A file that is
+    missing, dataset copies and artifact files no row refers to, temporary files left by a
+    killed writer (workers remove those older than an hour), and summary columns (a task's newest
+    job and its status, an artifact's task and shape) that disagree with the jobs they summarise. Nothing is changed. A file that is
     not a catalogue at all is refused with one line and exit code 2.
     """
     from streamlearn.health import check
@@ -231,7 +232,7 @@ def db_check_command(as_json: bool) -> None:
         console.print(plain(f"  integrity   {report['integrity']}"))
         console.print(plain(f"  schema      {report['revision'] or 'empty'} (head {report['head']})"))
         for key in ("missing_artifacts", "missing_datasets", "unreferenced_datasets", "unreferenced_artifacts",
-                    "temporary_files"):
+                    "temporary_files", "stale_summaries"):
             console.print(plain(f"  {key.replace('_', ' ')}: {len(report[key])}"))
             for item in report[key][:20]:
                 console.print(plain(f"    {item}"))
