@@ -110,10 +110,10 @@ def populate(url: str, count: int, start: int = 0) -> None:
             "FROM generate_series(CAST(:lo AS integer), CAST(:hi AS integer)) g"), params)
         conn.execute(text(
             "INSERT INTO artifacts (job_id, backbone_id, uri, sha256, bytes, trainable_params, stored_params, method, "
-            "adapter_size, classes, created_at, task_id, visible, drop_layers, store_dtype, fusion_rank) "
+            "adapter_size, classes, created_at, task_id, visible, drop_layers, store_dtype, fusion_rank, current) "
             "SELECT md5('b' || g)::uuid::text, 1, 'tasks/task-' || lpad(g::text, 6, '0') || '/' || md5('b' || g)::uuid::text "
             "|| '.safetensors', md5('x' || g) || md5('y' || g), :bytes, 608354, 608354, 'adapter', 64, 2, now(), g, true, 0, "
-            "'float32', 0 "
+            "'float32', 0, true "
             "FROM generate_series(CAST(:lo AS integer), CAST(:queued_from AS integer) - 1) g"), params)
         conn.execute(text(
             "INSERT INTO metrics (job_id, split, name, value) "

@@ -155,7 +155,7 @@ def bulk_catalogue(s, tasks: int, *, bytes_of=lambda i: 2_423_816 + 1_096, m_of=
         {"job_id": job_ids[i], "backbone_id": bb.id, "uri": f"file:///{names[i]}", "sha256": f"{i:064x}",
          "bytes": bytes_of(i), "trainable_params": 1, "stored_params": 1, "method": "adapter",
          "adapter_size": m_of(i), "classes": classes_of(i), "created_at": now, "task_id": task_ids[names[i]],
-         "visible": True, "drop_layers": 0, "store_dtype": "float32", "fusion_rank": 0}
+         "visible": True, "drop_layers": 0, "store_dtype": "float32", "fusion_rank": 0, "current": True}
         for i in range(tasks)])
     s.execute(insert(Metric), [
         {"job_id": job_ids[i], "split": split, "name": "accuracy", "value": i / tasks}

@@ -34,9 +34,9 @@ def _consistent(url: str) -> dict[str, str]:
     return shown
 
 
-def _succeed(s, job_id: str, bb: int, bytes_: int) -> None:
+def _succeed(s, job_id: str, bb: int, bytes_: int, m: int = 8) -> None:
     records.mark_running(s, job_id, "host", 1)
-    records.mark_succeeded(s, job_id, artifact_fields(bb, bytes_=bytes_, m=8, uri=f"file:///{job_id}"),
+    records.mark_succeeded(s, job_id, artifact_fields(bb, bytes_=bytes_, m=m, uri=f"file:///{job_id}"),
                            {"validation": {"accuracy": 0.5}})
 
 
@@ -87,6 +87,16 @@ def test_every_write_path_keeps_the_summary_columns_equal_to_the_jobs(db_url: st
     with session_scope(db_url, readonly=True) as s:
         row = queries.task_table(s, name="beta")[0]
         assert row["artifact_job_id"] == trials[1] and row["bytes"] == 301  # the chosen trial is current
+
+    with session_scope(db_url) as s:  # alpha retrained with another shape: two artifacts, the newer one counts
+        other = records.create_job(s, "alpha", method="adapter", hyperparameters={**HP, "method": {"adapter_size": 16}}).id
+        _succeed(s, other, bb, 50, m=16)
+    assert _consistent(db_url)["alpha"] == "succeeded"
+    with session_scope(db_url, readonly=True) as s:
+        currents = s.execute(select(Artifact.job_id).where(Artifact.task_id == s.get(Job, other).task_id,
+                                                           Artifact.current.is_(True))).scalars().all()
+        report = queries.storage_report(s, limit=1)
+    assert currents == [other] and report["total_bytes"] == 200 + 50 + 100 + 301
 
     with session_scope(db_url) as s:  # a queued retrain cancelled
         again = records.create_job(s, "beta", method="adapter", hyperparameters=HP).id

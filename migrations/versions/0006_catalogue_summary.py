@@ -11,8 +11,9 @@ is removed, so an existing catalogue upgrades in place and keeps every row:
   one index range instead of checking every failed job for a newer one;
 - `artifacts.task_id`, `visible`, `drop_layers`, `store_dtype`, `fusion_rank`: copied from the
   artifact's job (its task; a training job's or a chosen trial's; the storage law's shape keys,
-  0 / float32 / 0 for jobs of release 0.1.0 that recorded none), indexed `(task_id, visible, id)`:
-  the storage totals group this table alone instead of joining every artifact to its job.
+  0 / float32 / 0 for jobs of release 0.1.0 that recorded none), indexed `(task_id, visible, id)`;
+  and `artifacts.current`, the task's current artifact (newest visible, else newest): the storage
+  totals are then one scan of this table instead of every artifact joined to its job and ranked.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ _tasks = sa.table("tasks", sa.column("id", sa.Integer), sa.column("latest_job_id
                   sa.column("latest_status", sa.String))
 _artifacts = sa.table("artifacts", sa.column("job_id", sa.String), sa.column("task_id", sa.Integer),
                       sa.column("visible", sa.Boolean), sa.column("drop_layers", sa.Integer),
-                      sa.column("store_dtype", sa.String), sa.column("fusion_rank", sa.Integer))
+                      sa.column("store_dtype", sa.String), sa.column("fusion_rank", sa.Integer),
+                      sa.column("id", sa.Integer), sa.column("current", sa.Boolean))
 
 
 def upgrade() -> None:
@@ -40,7 +42,7 @@ def upgrade() -> None:
     op.add_column("tasks", sa.Column("latest_job_id", sa.String(36), nullable=True))
     op.add_column("tasks", sa.Column("latest_status", sa.String(16), nullable=True))
     for name, column in (("task_id", sa.Integer()), ("visible", sa.Boolean()), ("drop_layers", sa.Integer()),
-                         ("store_dtype", sa.String(16)), ("fusion_rank", sa.Integer())):
+                         ("store_dtype", sa.String(16)), ("fusion_rank", sa.Integer()), ("current", sa.Boolean())):
         op.add_column("artifacts", sa.Column(name, column, nullable=True))
 
     newest = (sa.select(_jobs.c.id).where(_jobs.c.task_id == _tasks.c.id, _jobs.c.kind != "trial")
@@ -62,6 +64,10 @@ def upgrade() -> None:
     ))
     op.create_index("ix_tasks_latest_status_id", "tasks", ["latest_status", "id"])
     op.create_index("ix_artifacts_task_id_visible_id", "artifacts", ["task_id", "visible", "id"])
+    other = sa.alias(_artifacts, "other")
+    best = (sa.select(other.c.id).where(other.c.task_id == _artifacts.c.task_id)
+            .order_by(other.c.visible.desc(), other.c.id.desc()).limit(1).scalar_subquery())
+    op.execute(_artifacts.update().values(current=_artifacts.c.id == best))
 
 
 def downgrade() -> None:
@@ -70,7 +76,7 @@ def downgrade() -> None:
     op.drop_index("ix_tasks_latest_status_id", table_name="tasks")
     # ALTER TABLE ... DROP COLUMN on both dialects (SQLite >= 3.35), not a batch rebuild: a rebuilt
     # SQLite table would lose the expression index uq_tasks_name_lower, which cannot be reflected.
-    for name in ("fusion_rank", "store_dtype", "drop_layers", "visible", "task_id"):
+    for name in ("current", "fusion_rank", "store_dtype", "drop_layers", "visible", "task_id"):
         op.drop_column("artifacts", name)
     op.drop_column("tasks", "latest_status")
     op.drop_column("tasks", "latest_job_id")

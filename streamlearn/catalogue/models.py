@@ -231,13 +231,16 @@ class Artifact(Base):
     classes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Copied from the job when the row is written (revision 0006 filled them in for older rows), so
-    # the storage report's totals read this table alone: its job's task, whether it is visible (a
-    # training job's, or a sweep's chosen trial's), and the storage law's shape keys.
+    # the storage report's totals read this table alone, in one scan: its job's task, whether it is
+    # visible (a training job's, or a sweep's chosen trial's), and the storage law's shape keys.
     task_id: Mapped[int | None] = mapped_column(Integer)
     visible: Mapped[bool | None] = mapped_column(Boolean)
     drop_layers: Mapped[int | None] = mapped_column(Integer)
     store_dtype: Mapped[str | None] = mapped_column(String(16))
     fusion_rank: Mapped[int | None] = mapped_column(Integer)
+    current: Mapped[bool | None] = mapped_column(Boolean)
+    """The task's current artifact (its newest visible one, else its newest): the one the storage law
+    counts. `records.refresh_current` keeps it whenever a task's artifacts change."""
 
     job: Mapped[Job] = relationship(back_populates="artifact")
     backbone: Mapped[Backbone] = relationship()

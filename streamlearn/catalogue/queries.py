@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, case, cast, func, literal, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from streamlearn.catalogue.models import Artifact, Backbone, FusionSource, Job, JobKind, JobStatus, Metric, Task
@@ -373,28 +373,15 @@ def _stored_tasks(s: Session, limit: int | None) -> list[StoredTask]:
             in s.execute(stmt)]
 
 
-_VISIBLE = 1 << 48
-"""Added to a visible artifact's id so one MAX per task picks the current artifact (newest visible, else newest)."""
-
-
 def _storage_totals(s: Session) -> dict[str, int]:
     """Every learned task's bytes, law bytes and full-copy bytes, summed in SQL (one statement).
 
-    Each task's current artifact is found with one grouped MAX over the artifacts table alone
-    (its index (task_id, visible, id); revision 0006 copied the task and the law's shape keys onto
-    each row) instead of the window ranking of the task table (a sort of every artifact joined to
-    its job): artifact ids grow with their jobs' finish, so the newest visible artifact has the
-    largest id, and visible ones are lifted above the rest.
+    One scan of the artifacts table, grouped by shape: every artifact's bytes count (a task's old
+    artifact kept for a fused task's sake is stored too), and the law counts each task's current
+    artifact once (`artifacts.current`, kept by `records.refresh_current`; revision 0006 copied the
+    task and the law's shape keys onto each row, so no join to the jobs is needed).
     """
-    lift = literal(_VISIBLE, BigInteger)
-    current = (
-        select(func.max(case((Artifact.visible.is_(True), cast(Artifact.id, BigInteger) + lift),
-                             else_=cast(Artifact.id, BigInteger))).label("key"),
-               func.sum(Artifact.bytes).label("task_bytes"))
-        .group_by(Artifact.task_id)
-        .subquery("current")
-    )
-    artifact_id = case((current.c.key >= lift, current.c.key - lift), else_=current.c.key)
+    current = Artifact.current.is_(True)
     # The law is the registry's one formula (`storage.task_params`), applied in Python once per
     # distinct shape (backbone, m, C, AdapterDrop depth, stored dtype, method, fusion rank): SQL
     # sums per group, so the rows that leave the database are a handful whatever K is.
@@ -402,15 +389,16 @@ def _storage_totals(s: Session) -> dict[str, int]:
              func.coalesce(Artifact.drop_layers, 0), func.coalesce(Artifact.store_dtype, "float32"), Artifact.method,
              func.coalesce(Artifact.fusion_rank, 0))
     stmt = (
-        select(*shape, func.count(), func.sum(current.c.task_bytes), func.sum(Artifact.stored_params),
-               func.sum(Backbone.bytes))
-        .select_from(current)
-        .join(Artifact, Artifact.id == artifact_id)
+        select(*shape, func.sum(case((current, 1), else_=0)), func.sum(Artifact.bytes),
+               func.sum(case((current, Artifact.stored_params), else_=0)), func.sum(case((current, Backbone.bytes), else_=0)))
         .join(Backbone, Backbone.id == Artifact.backbone_id)
         .group_by(*shape)
     )
     count = stored = law_bytes = full = fused = 0
     for layers, hidden, m, classes, n, dt, method, r, k, task_bytes, params, full_bytes in s.execute(stmt):
+        if not k:  # only older artifacts of tasks whose current one has another shape: bytes, no law
+            stored += int(task_bytes)
+            continue
         per = DTYPE_BYTES.get(dt, BYTES_PER_PARAM)
         law = int(params) if m is None else task_params(layers, hidden, m, classes, int(n)) * int(k)
         term = fusion_term(layers, hidden, int(r), int(n)) * int(k) if method == "fusion" else 0

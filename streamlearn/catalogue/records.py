@@ -192,6 +192,15 @@ def summary_mismatches(s: Session) -> list[str]:
         want = newest.get(task_id, (None, None))[:2]
         if (job_id, status) != want:
             out.append(f"task {name}: newest job {want[0]} ({want[1]}), summary {job_id} ({status})")
+    best: dict[int, tuple] = {}
+    for artifact_id, task_id, visible in s.execute(select(Artifact.id, Artifact.task_id, Artifact.visible)):
+        if task_id not in best or (bool(visible), artifact_id) > best[task_id]:
+            best[task_id] = (bool(visible), artifact_id)
+    for artifact_id, job_id, task_id, current in s.execute(
+            select(Artifact.id, Artifact.job_id, Artifact.task_id, Artifact.current)):
+        if bool(current) != (best[task_id][1] == artifact_id):
+            out.append(f"artifact of job {job_id}: current {current!r} (task's newest artifact says "
+                       f"{best[task_id][1] == artifact_id!r})")
     columns = (Artifact.task_id, Artifact.visible, Artifact.drop_layers, Artifact.store_dtype, Artifact.fusion_rank)
     for row in s.execute(select(Artifact.job_id, *columns, Job.task_id, Job.kind, Job.chosen, Job.hyperparameters)
                          .join(Job, Job.id == Artifact.job_id)):
@@ -250,7 +259,22 @@ def mark_succeeded(s: Session, job_id: str, artifact: Mapping[str, Any], metrics
     s.add(row)
     s.add_all(_metric_rows(job.id, metrics))
     s.flush()
+    refresh_current(s, job.task_id)
     return row
+
+
+def refresh_current(s: Session, task_id: int) -> None:
+    """Mark the task's current artifact (newest visible, else newest) and unmark the others.
+
+    The task's row is locked first (PostgreSQL), so two jobs of one task finishing at once refresh
+    one after the other, the second seeing the first's artifact. Every caller has already changed
+    its job (job, then task: the order `_follow_latest` takes the same locks in).
+    """
+    s.execute(select(Task.id).where(Task.id == task_id).with_for_update())
+    best = (select(Artifact.id).where(Artifact.task_id == task_id)
+            .order_by(Artifact.visible.desc(), Artifact.id.desc()).limit(1).scalar_subquery())
+    s.execute(update(Artifact).where(Artifact.task_id == task_id).values(current=Artifact.id == best)
+              .execution_options(synchronize_session=False))
 
 
 def mark_failed(s: Session, job_id: str, message: str) -> Job:
@@ -374,5 +398,6 @@ def complete_sweep(s: Session, sweep_id: str, winner_id: str) -> list[str]:
     losers = select(Job.id).where(Job.parent_id == sweep.id, Job.id != winner.id)
     uris = list(s.scalars(select(Artifact.uri).where(Artifact.job_id.in_(losers))))
     s.execute(delete(Artifact).where(Artifact.job_id.in_(losers)).execution_options(synchronize_session=False))
+    refresh_current(s, sweep.task_id)
     s.expire_all()
     return uris
