@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", metavar="JSON", default=[],
                    help="Add the runs of other records (other processes' --docs-dir) made with the same settings but "
                         "other caps or seeds; each part's command and commit are listed in the document.")
+    p.add_argument("--layer-cost", action="store_true",
+                   help="Only time the fusion layer as computed (K, V folded through the sum) against the "
+                        "per-source formula, side by side, and add it to the record.")
     p.add_argument("--report-only", action="store_true")
     return p.parse_args(argv)
 
@@ -253,6 +256,44 @@ def heatmaps(args, results: Results, cap: int, seed: int) -> None:
     results.save()
 
 
+LAYER_D = 384
+"""all-MiniLM-L6-v2's width, the d of the layer-cost part."""
+
+
+def layer_cost(args, results: Results, sources=(2, 5, 10), rounds: int = 5) -> None:
+    """Forward + backward of one site's fusion layer on 32×64 tokens: as computed vs the per-source formula.
+
+    Both run on the same layer and inputs in one process, alternating, best of `rounds`; the
+    ratio is what folding K and V through the attention-weighted sum saves.
+    """
+    import torch
+
+    from streamlearn.engine.fusion import FusionLayer
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for rank in (0, args.rank):
+        layer = FusionLayer(LAYER_D, rank)
+        for n in sources:
+            hidden, ups = torch.randn(32, 64, LAYER_D), 0.1 * torch.randn(32, 64, n, LAYER_D)
+            with torch.no_grad():
+                diff = (layer(hidden, ups)[0] - layer.forward_per_source(hidden, ups)[0]).abs().max().item()
+            best = {"per_source": float("inf"), "folded": float("inf")}
+            for _ in range(rounds + 1):
+                for name, fn in (("per_source", layer.forward_per_source), ("folded", layer)):
+                    layer.zero_grad()
+                    start = time.perf_counter()
+                    fn(hidden, ups)[0].sum().backward()
+                    best[name] = min(best[name], time.perf_counter() - start)
+            rows.append({"rank": rank, "sources": n, "per_source_s": best["per_source"], "folded_s": best["folded"],
+                         "speedup": best["per_source"] / best["folded"], "max_abs_diff": diff})
+            print(f"layer rank {rank} S {n}: {rows[-1]['speedup']:.2f}x", flush=True)
+    results.data["layer_cost"] = {"d": LAYER_D, "tokens": "32 x 64", "rounds": rounds, "threads": args.threads,
+                                  "rows": rows, "machine": machine_info.describe(torch.device("cpu"))}
+    results.save()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -260,15 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     (docs / "results").mkdir(parents=True, exist_ok=True)
     lrs = _lrs(args)
     settings = {k: v for k, v in {**vars(args), "lrs": lrs}.items() if k in SETTING_KEYS}
-    if args.report_only and args.merge:
-        settings["caps"] = None  # the record's caps, widened by the merged parts
+    if (args.report_only and args.merge) or args.layer_cost:
+        settings["caps"] = None  # the record's caps (widened by any merged parts)
     results = Results(docs / "results" / "fusion.json", settings)
     if args.note:
         results.data["note"] = args.note
     for path in args.merge:
         results.merge(Path(path))
+    if results.data["settings"].get("caps") is None:  # no record yet to take them from
+        results.data["settings"]["caps"] = args.caps
     if args.merge:
         results.save()
+    if args.layer_cost:
+        layer_cost(args, results)
+        (docs / "FUSION.md").write_text(render(results.data), encoding="utf-8")
+        return 0
     if args.seeds or not args.report_only:
         results.data["seeds"] = args.seeds = args.seeds or [0, 1, 2]
     if not args.report_only:

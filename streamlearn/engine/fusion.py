@@ -76,6 +76,14 @@ class FusionLayer(nn.Module):
             return (q @ up.weight) @ down.weight, q @ up.bias
         return q @ self.key.weight, q @ self.key.bias
 
+    def forward_per_source(self, hidden: torch.Tensor, ups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The formula as written, K and V applied to every source (no dropout): the reference that
+        `forward` must equal, used by the tests and by the layer-cost benchmark."""
+        scores = torch.einsum("btd,btsd->bts", self.query(hidden), self.key(ups))
+        attention = torch.softmax(scores, dim=-1)
+        values = ups + self.value(ups) if self.rank else self.value(ups)
+        return hidden + torch.einsum("bts,btsd->btd", attention, values), attention
+
     def regulariser(self) -> torch.Tensor:
         """Σ(I − V)² over V's entries (for rank R: the squared entries of its correction)."""
         if self.rank:
