@@ -117,6 +117,7 @@ class Results:
                 self.data[k] = other[k]
         parts = [p for p in self.data.get("parts", []) if p.get("file") != str(path)]
         parts.append({"file": str(path), "command": other.get("command"), "caps": other["settings"]["caps"],
+                      "seeds": other.get("seeds"), "machine": other.get("machine", {}),
                       "git_commit": other.get("machine", {}).get("git_commit"),
                       "git_dirty": other.get("machine", {}).get("git_dirty")})
         self.data["parts"] = parts

@@ -174,9 +174,10 @@ def render(data: dict) -> str:
                   f"{machine_info.sentence(machine)}. Rebuild the document with `python -m bench.fusion --report-only` "
                   "and the same flags.", ""]
     for part in data.get("parts", []):
-        lines += [f"Merged in (`--merge`): the runs at train caps {', '.join(map(str, part['caps']))} of "
-                  f"`{part.get('command')}` at commit `{part.get('git_commit')}` (tree "
-                  f"{'dirty' if part.get('git_dirty') else 'clean'}), a second process on the same machine.", ""]
+        where = machine_info.sentence(part["machine"]) if part.get("machine") else "the machine above"
+        lines += [f"Merged in (`--merge`): the runs at train caps {', '.join(map(str, part['caps']))} (seeds "
+                  f"{', '.join(map(str, part.get('seeds') or []))}) of `{part.get('command')}` at commit "
+                  f"`{part.get('git_commit')}` (tree {'dirty' if part.get('git_dirty') else 'clean'}), on {where}.", ""]
     if data.get("note"):
         lines += [f"**How this run was shrunk.** {data['note']}", ""]
     lines += ["## Protocol", "",
