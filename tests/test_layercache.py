@@ -61,7 +61,15 @@ def test_training_from_the_cache_gives_the_same_tensors_as_recomputing(tiny_data
     assert cached_rows == n["train"] + n["val"] + n["test"]
     assert plain_rows == EPOCHS * (n["train"] + n["val"]) + n["test"]
     assert cached.tensors.keys() == plain.tensors.keys()
+    initial = dict(zip(plain.tensors, _initial(tiny_backbone, method)))
     for name, tensor in plain.tensors.items():
+        if name.endswith("attention.self.key.bias"):
+            # Its gradient is zero up to rounding (the softmax over keys ignores adding q·b to every
+            # score), and Adam scales that rounding noise up to steps of ~lr: compare that both stayed
+            # at noise level (the learned tensors move by ~4e-2 here), not the noise itself.
+            for tensors in (cached.tensors, plain.tensors):
+                assert (tensors[name] - initial[name]).abs().max() < 1e-3, name
+            continue
         torch.testing.assert_close(cached.tensors[name], tensor, atol=1e-5, rtol=1e-5, msg=name)
     assert any(not torch.equal(t, b) for t, b in zip(plain.tensors.values(), _initial(tiny_backbone, method)))
     assert (cached.val, cached.test, cached.best_epoch) == (plain.val, plain.test, plain.best_epoch)
