@@ -111,13 +111,14 @@ class Results:
                     self.data[key].append(row)
         caps = sorted(set(self.data["settings"]["caps"]) | set(other["settings"]["caps"]))
         self.data["settings"]["caps"] = caps
-        self.data["seeds"] = sorted(set(self.data.get("seeds", [])) | set(other.get("seeds", [])))
+        seeds = sorted({r["seed"] for r in other.get("runs", [])})  # a resumed part's "seeds" holds only its last call's
+        self.data["seeds"] = sorted(set(self.data.get("seeds", [])) | set(seeds))
         for k in ("timing", "heatmaps"):
             if not self.data.get(k) and other.get(k):
                 self.data[k] = other[k]
         parts = [p for p in self.data.get("parts", []) if p.get("file") != str(path)]
         parts.append({"file": str(path), "command": other.get("command"), "caps": other["settings"]["caps"],
-                      "seeds": other.get("seeds"), "machine": other.get("machine", {}),
+                      "seeds": seeds, "machine": other.get("machine", {}),
                       "git_commit": other.get("machine", {}).get("git_commit"),
                       "git_dirty": other.get("machine", {}).get("git_dirty")})
         self.data["parts"] = parts

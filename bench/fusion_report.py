@@ -190,7 +190,7 @@ def render(data: dict) -> str:
               f"per site) and with `--fusion-rank {s['rank']}` (6dR+2d). Model selection on validation only (best epoch "
               "of each stage).", ""]
     gains_at: dict[int, dict] = {}
-    for cap in s["caps"]:
+    for cap in [c for c in s["caps"] if any(key[0] == c for key in runs)]:  # a cap with no run: under "Not run"
         section, gains = _cap_section(data, cap, runs, seeds)
         lines += section
         gains_at[cap] = gains
@@ -221,8 +221,19 @@ def render(data: dict) -> str:
         lines += [f"`--fusion-top` on {r['task']} (cap {r['cap']}, seed {r['seed']}): kept {', '.join(r['sources'])}, "
                   f"pruned {', '.join(r['pruned']) or 'none'}; test accuracy {100 * r['test_accuracy']:.2f} vs "
                   + (f"{100 * full['test_accuracy']:.2f} with every source." if full else "the full fusion not run."), ""]
-    missing = [f"{t}/{v} (cap {c}, seed {sd})" for c in s["caps"] for sd in seeds for i, t in enumerate(s["tasks"])
-               for v in (["adapter"] + (_variants(data) if i else [])) if (c, sd, t, v) not in runs]
+    missing, planned = [], 0
+    for c in s["caps"]:
+        for sd in seeds:
+            jobs = [(t, v) for i, t in enumerate(s["tasks"]) for v in (["adapter"] + (_variants(data) if i else []))]
+            planned += len(jobs)
+            left = [f"{t}/{v}" for t, v in jobs if (c, sd, t, v) not in runs]
+            if len(left) == len(jobs):
+                missing.append(f"cap {c}, seed {sd}: none of its {len(jobs)} jobs")
+            elif left:
+                missing.append(f"cap {c}, seed {sd}: {', '.join(left)}")
+    count = sum(1 for c in s["caps"] for sd in seeds for i, t in enumerate(s["tasks"])
+                for v in (["adapter"] + (_variants(data) if i else [])) if (c, sd, t, v) not in runs)
     lines += ["## Not run", "", ("Every planned job finished." if not missing else
-                                 f"{len(missing)} planned jobs did not run: " + ", ".join(missing) + "."), ""]
+                                 f"{count} of {planned} planned jobs did not run:"), ""]
+    lines += [f"- {m}" for m in missing] + ([""] if missing else [])
     return "\n".join(lines)
