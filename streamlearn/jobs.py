@@ -144,9 +144,10 @@ def claim(job_id: str, settings: Settings) -> tuple[str, JobPlan | None]:
         if job.status == JobStatus.RUNNING and (job.worker_host, job.worker_pid) != (host, pid):
             dead = job.worker_host == host and job.worker_pid is not None and not pid_alive(job.worker_pid)
             cutoff = None if dead else utcnow() - timedelta(seconds=settings.heartbeat_timeout)
+            gone = job.worker  # read before the requeue, which clears it
             if records.requeue(s, job.id, stale_before=cutoff, held_by=(job.worker_host, job.worker_pid)) is None:
                 return "running elsewhere", None
-            log.warning("job %s: its worker %s is gone; taking it over", job.id, job.worker)
+            log.warning("job %s: its worker %s is gone; taking it over", job.id, gone)
         if job.status == JobStatus.QUEUED:
             try:
                 records.mark_running(s, job.id, host, pid)

@@ -275,3 +275,22 @@ def test_submit_wait_timeout_stops_waiting_with_exit_3(isolated_home) -> None:
     assert time.monotonic() - start < 60
     with session_scope(readonly=True) as s:
         assert [str(j.status) for j in s.query(Job)] == ["queued"]
+
+
+def test_a_claim_takes_over_a_job_whose_worker_died_and_names_that_worker(isolated_home, caplog) -> None:
+    """A running job held by a dead process of this host is requeued and claimed; the warning names the dead worker."""
+    import socket
+    import subprocess
+    import sys
+
+    from streamlearn.settings import get_settings
+
+    job_id = _job()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited
+    with session_scope() as s:
+        records.mark_running(s, job_id, socket.gethostname(), pid)
+    with caplog.at_level("WARNING", logger="streamlearn.jobs"):
+        status, plan = jobs.claim(job_id, get_settings())
+    assert status == "running" and plan is not None and _status(job_id) == "running"
+    assert f"its worker {socket.gethostname()}:{pid} is gone; taking it over" in caplog.text
