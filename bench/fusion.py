@@ -90,7 +90,7 @@ class Results:
         old = json.loads(path.read_text()) if path.exists() else {}
         same = old.get("settings") == settings or (
             old.get("settings") and settings.get("caps") is None
-            and {k: v for k, v in old["settings"].items() if k != "caps"} == settings_without_caps(settings))
+            and settings_without_caps(old["settings"]) == settings_without_caps(settings))
         if same and settings.get("caps") is None:
             settings["caps"] = old["settings"]["caps"]
         self.data = {"settings": settings, **{k: old.get(k, []) if same else [] for k in ("runs", "rescores")},
@@ -100,8 +100,7 @@ class Results:
     def merge(self, path: Path) -> None:
         """Union another record's runs and re-scorings into this one (settings equal but for the caps)."""
         other = json.loads(path.read_text())
-        mine = {k: v for k, v in self.data["settings"].items() if k != "caps"}
-        theirs = {k: v for k, v in other["settings"].items() if k != "caps"}
+        mine, theirs = settings_without_caps(self.data["settings"]), settings_without_caps(other["settings"])
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise SystemExit(f"{path}: made with other settings ({', '.join(diff)}); not merged")
