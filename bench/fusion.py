@@ -94,7 +94,8 @@ class Results:
         if same and settings.get("caps") is None:
             settings["caps"] = old["settings"]["caps"]
         self.data = {"settings": settings, **{k: old.get(k, []) if same else [] for k in ("runs", "rescores")},
-                     **({k: old[k] for k in ("timing", "heatmaps", "machine", "note", "seeds", "command", "parts")
+                     **({k: old[k] for k in ("timing", "heatmaps", "machine", "note", "seeds", "command", "parts",
+                                               "retrained_sources")
                         if same and k in old})}
 
     def merge(self, path: Path) -> None:
@@ -108,6 +109,9 @@ class Results:
             for row in other.get(key, []):
                 if not self.find(key, **{f: row[f] for f in fields}):
                     self.data[key].append(row)
+        for row in other.get("retrained_sources", []):
+            if row not in self.data.get("retrained_sources", []):
+                self.data.setdefault("retrained_sources", []).append(row)
         caps = sorted(set(self.data["settings"]["caps"]) | set(other["settings"]["caps"]))
         self.data["settings"]["caps"] = caps
         seeds = sorted({r["seed"] for r in other.get("runs", [])})  # a resumed part's "seeds" holds only its last call's
@@ -192,27 +196,64 @@ def run_stream(args, results: Results, cap: int, seed: int, lrs: dict, top_strea
     from streamlearn.predictor import reevaluate
 
     _use_home(Path(args.work) / f"cap{cap}-seed{seed}", args.backbone)
+    plan = {task: _variants(args, i, top_stream) for i, task in enumerate(args.tasks)}
     for i, task in enumerate(args.tasks):
-        variants = ["adapter"] + (["fusion", f"fusion-r{args.rank}"] if i else [])
-        if top_stream and i == len(args.tasks) - 1 and i > args.top:
-            variants.append(f"fusion-top{args.top}")
+        variants = plan[task]
         for variant in variants:
-            if results.find("runs", cap=cap, seed=seed, task=task, variant=variant) or _late(args):
+            if _late(args):
+                continue
+            found = results.find("runs", cap=cap, seed=seed, task=task, variant=variant)
+            if found and not (variant == "adapter" and _needed_source(args, results, plan, cap, seed, i)):
                 continue
             ds = task_data.load(args.data_dir, task, cap, args.val_cap, args.test_cap, seed)
             files = task_data.write_files(ds, Path(args.work) / "data" / f"{task}-cap{cap}-seed{seed}")
             name = task if variant == "adapter" else f"{task}.{variant}"
             record = run_job(args, files, name, variant, lrs[task], seed, list(args.tasks[:i]))
-            results.data["runs"].append({"cap": cap, "seed": seed, "task": task, "variant": variant, "lr": lrs[task],
-                                         **record})
+            if found:  # a recorded source re-trained for a later job: a reproduction, not a second run
+                results.data.setdefault("retrained_sources", []).append(
+                    {"cap": cap, "seed": seed, "task": task, "recorded_test_accuracy": found["test_accuracy"],
+                     "test_accuracy": record["test_accuracy"], "job_id": record["job_id"],
+                     "finished_at": record["finished_at"]})
+            else:
+                results.data["runs"].append({"cap": cap, "seed": seed, "task": task, "variant": variant,
+                                             "lr": lrs[task], **record})
             results.save()
-            print(f"cap {cap} seed {seed} {name}: test {record['test_accuracy']:.4f} ({record['seconds']} s)", flush=True)
+            again = " (recorded source, re-trained)" if found else ""
+            print(f"cap {cap} seed {seed} {name}: test {record['test_accuracy']:.4f} ({record['seconds']} s){again}",
+                  flush=True)
         done = all(results.find("runs", cap=cap, seed=seed, task=task, variant=v) for v in variants)
         if done and not results.find("rescores", cap=cap, seed=seed, step=i) and not _late(args):
             rows = reevaluate(source="cli")
             results.data["rescores"].append({"cap": cap, "seed": seed, "step": i, "after": task, "rows": [
                 {k: r[k] for k in ("task", "accuracy", "catalogue_accuracy", "drift", "predicted_classes")} for r in rows]})
             results.save()
+
+
+def _variants(args, i: int, top_stream: bool) -> list[str]:
+    variants = ["adapter"] + (["fusion", f"fusion-r{args.rank}"] if i else [])
+    if top_stream and i == len(args.tasks) - 1 and i > args.top:
+        variants.append(f"fusion-top{args.top}")
+    return variants
+
+
+def _needed_source(args, results: Results, plan: dict, cap: int, seed: int, i: int) -> bool:
+    """Whether task i's recorded adapter is missing from this stream's catalogue while a later job still needs it.
+
+    A stream resumed in a fresh `--work` folder (another machine, a lost folder) has the record of its
+    finished jobs but not their catalogue; a fused job fuses over the earlier adapters, so those are
+    trained again. Training is seeded, so the re-trained adapter should score what the record holds.
+    """
+    from sqlalchemy import select
+
+    from streamlearn.catalogue.models import Task
+    from streamlearn.catalogue.session import session_scope
+
+    later = [(t, v) for t in args.tasks[i + 1:] for v in plan[t] if v != "adapter"]
+    if not any(not results.find("runs", cap=cap, seed=seed, task=t, variant=v) for t, v in later):
+        return False
+    with session_scope(readonly=True) as s:
+        status = s.scalar(select(Task.latest_status).where(Task.name == args.tasks[i]))
+    return status != "succeeded"
 
 
 def timing(args, results: Results, cap: int, seed: int) -> None:

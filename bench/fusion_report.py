@@ -116,7 +116,19 @@ def _stage_one(data: dict, runs: dict) -> list[str]:
     same = sum(1 for r, a in pairs if a is not None and r["stage1_test_accuracy"] == a["test_accuracy"])
     return [f"Stage 1 of every fused job is the adapter method with the same seed: its own adapter's test accuracy "
             f"equals the single adapter's in {same} of {len(pairs)} fused runs (tested bit for bit on the tiny BERT in "
-            "`tests/test_fusion.py`).", ""]
+            "`tests/test_fusion.py`).", ""] + _retrained(data)
+
+
+def _retrained(data: dict) -> list[str]:
+    rows = data.get("retrained_sources", [])
+    if not rows:
+        return []
+    same = [r for r in rows if r["test_accuracy"] == r["recorded_test_accuracy"]]
+    differ = ", ".join(f"{r['task']} (cap {r['cap']}, seed {r['seed']}: {r['recorded_test_accuracy']:.4f} recorded, "
+                       f"{r['test_accuracy']:.4f} again)" for r in rows if r not in same)
+    return [f"A stream resumed in a fresh work folder re-trains the recorded adapters its unfinished fused jobs fuse "
+            f"over (the record keeps the first run): {len(rows)} re-trained, {len(same)} with the recorded test "
+            f"accuracy" + (f"; differing: {differ}." if differ else "."), ""]
 
 
 def _timing(data: dict) -> list[str]:

@@ -55,6 +55,21 @@ def test_fusion_bench_runs_the_stream_writes_the_document_and_resumes(tiny_backb
     assert fusion.main(argv) == 0
     rerun = json.loads((docs / "results" / "fusion.json").read_text())
     assert [r["finished_at"] for r in rerun["runs"]] == [r["finished_at"] for r in saved["runs"]]
+    assert "retrained_sources" not in rerun
+
+    # Resumed in a fresh work folder, the stream re-trains the recorded sources its unfinished fused job needs.
+    rerun["runs"] = [r for r in rerun["runs"] if (r["task"], r["variant"]) != ("gamma", "fusion")]
+    rerun["rescores"] = [r for r in rerun["rescores"] if r["step"] != 2]
+    (docs / "results" / "fusion.json").write_text(json.dumps(rerun))
+    assert fusion.main([a if a != str(tmp_path / "work") else str(tmp_path / "fresh") for a in argv]) == 0
+    resumed = json.loads((docs / "results" / "fusion.json").read_text())
+    assert [(r["task"], r["test_accuracy"]) for r in resumed["retrained_sources"]] == [
+        ("alpha", runs[("alpha", "adapter")]["test_accuracy"]), ("beta", runs[("beta", "adapter")]["test_accuracy"])]
+    again = {(r["task"], r["variant"]): r for r in resumed["runs"]}
+    assert set(again) == set(runs) and again[("gamma", "fusion")]["sources"] == ["alpha", "beta"]
+    assert again[("alpha", "adapter")]["finished_at"] == runs[("alpha", "adapter")]["finished_at"]
+    assert [r["step"] for r in resumed["rescores"]] == [0, 1, 2]
+    assert "2 re-trained, 2 with the recorded test accuracy." in (docs / "FUSION.md").read_text()
 
     # A second process's share (another cap, no extras, its own docs folder) merges in; other settings are refused.
     docs2 = tmp_path / "docs2"
