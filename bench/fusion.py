@@ -15,7 +15,10 @@ For the top-cap, first-seed stream the last task is also fused with `--fusion-to
 the last three fused tasks are drawn, and the inference cost of the fused variants is timed.
 
 Resumable: every finished job and re-scoring is written to `<docs-dir>/results/fusion.json` at once
-and skipped when found again under the same settings; the catalogues in `--work` are kept.
+and skipped when found again under the same settings; the catalogues in `--work` are kept. A stream
+resumed with a fresh `--work` folder (another machine, or the folder lost) re-trains the recorded
+adapters that its unfinished fused jobs fuse over, and records them under `retrained_sources` as a
+reproduction of the recorded run (the report says how many scored the same), not as second runs.
 """
 
 from __future__ import annotations
