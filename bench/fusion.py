@@ -108,10 +108,12 @@ class Results:
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise SystemExit(f"{path}: made with other settings ({', '.join(diff)}); not merged")
+        added = []
         for key, fields in (("runs", ("cap", "seed", "task", "variant")), ("rescores", ("cap", "seed", "step"))):
             for row in other.get(key, []):
                 if not self.find(key, **{f: row[f] for f in fields}):
                     self.data[key].append(row)
+                    added += [row] if key == "runs" else []
         for row in other.get("retrained_sources", []):
             if row not in self.data.get("retrained_sources", []):
                 self.data.setdefault("retrained_sources", []).append(row)
@@ -122,11 +124,16 @@ class Results:
         for k in ("timing", "heatmaps"):
             if not self.data.get(k) and other.get(k):
                 self.data[k] = other[k]
+        # what this file added: a part copied from the record adds only its new runs (merged again, the counts add up)
+        before = next((p for p in self.data.get("parts", []) if p.get("file") == str(path)), {})
         parts = [p for p in self.data.get("parts", []) if p.get("file") != str(path)]
         parts.append({"file": str(path), "command": other.get("command"), "caps": other["settings"]["caps"],
                       "seeds": seeds, "machine": other.get("machine", {}),
                       "git_commit": other.get("machine", {}).get("git_commit"),
-                      "git_dirty": other.get("machine", {}).get("git_dirty")})
+                      "git_dirty": other.get("machine", {}).get("git_dirty"),
+                      "runs_added": before.get("runs_added", 0) + len(added),
+                      "added_caps": sorted(set(before.get("added_caps", [])) | {r["cap"] for r in added}),
+                      "added_seeds": sorted(set(before.get("added_seeds", [])) | {r["seed"] for r in added})})
         self.data["parts"] = parts
 
     def find(self, key: str, **match) -> dict | None:

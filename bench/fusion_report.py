@@ -187,8 +187,13 @@ def render(data: dict) -> str:
                   "and the same flags.", ""]
     for part in data.get("parts", []):
         where = machine_info.sentence(part["machine"]) if part.get("machine") else "the machine above"
-        lines += [f"Merged in (`--merge`): the runs at train caps {', '.join(map(str, part['caps']))} (seeds "
-                  f"{', '.join(map(str, part.get('seeds') or []))}) of `{part.get('command')}` at commit "
+        if "runs_added" in part:
+            what = (f"{part['runs_added']} runs at train caps {', '.join(map(str, part['added_caps']))} (seeds "
+                    f"{', '.join(map(str, part['added_seeds']))})")
+        else:  # a part merged before the record counted what each part added
+            what = (f"the runs at train caps {', '.join(map(str, part['caps']))} (seeds "
+                    f"{', '.join(map(str, part.get('seeds') or []))})")
+        lines += [f"Merged in (`--merge`): {what} of `{part.get('command')}` at commit "
                   f"`{part.get('git_commit')}` (tree {'dirty' if part.get('git_dirty') else 'clean'}), on {where}.", ""]
     if data.get("note"):
         lines += [f"**How this run was shrunk.** {data['note']}", ""]

@@ -84,7 +84,11 @@ def test_fusion_bench_runs_the_stream_writes_the_document_and_resumes(tiny_backb
     merged = json.loads((docs / "results" / "fusion.json").read_text())
     assert merged["settings"]["caps"] == [16, 32] and len(merged["runs"]) == len(saved["runs"]) + len(second["runs"])
     text = (docs / "FUSION.md").read_text()
-    assert "## Train cap 16" in text and "## Train cap 32" in text and "Merged in (`--merge`)" in text
+    added = f"Merged in (`--merge`): {len(second['runs'])} runs at train caps 16 (seeds 0) of "
+    assert "## Train cap 16" in text and "## Train cap 32" in text and added in text
+    assert fusion.main(merged_argv) == 0  # merged again: nothing new, the part still says what it added
+    assert added in (docs / "FUSION.md").read_text()
+    assert len(json.loads((docs / "results" / "fusion.json").read_text())["runs"]) == len(merged["runs"])
     other = json.loads((docs2 / "results" / "fusion.json").read_text())
     other["settings"]["epochs"] = 2
     (docs2 / "results" / "fusion.json").write_text(json.dumps(other))
