@@ -24,11 +24,12 @@ from typing import Any
 
 from streamlearn import jobs, retention, trials
 from streamlearn.artifacts import ArtifactStore, DatasetStaging
-from streamlearn.catalogue import records
+from streamlearn.catalogue import lineage, records
 from streamlearn.catalogue.models import JobKind, JobStatus
 from streamlearn.catalogue.session import session_scope
 from streamlearn.data import DataSpec, load_dataset
 from streamlearn.errors import InvalidConfig
+from streamlearn.methods.config import MethodConfig
 from streamlearn.settings import get_settings
 from streamlearn.sweep import SweepSpec
 
@@ -116,7 +117,9 @@ def submit(request: SubmitRequest) -> jobs.Submission:
 
     Raises:
         InvalidDataset: a file is invalid (nothing is stored or recorded).
-        InvalidConfig: a bad task name or grid, or the name is taken (nothing is stored or recorded).
+        InvalidConfig: a bad task name or grid, the name is taken, or a named fusion source is the task
+            itself or no adapter task (nothing is stored or recorded).
+        UnknownTask: a named fusion source is not in the catalogue (nothing is stored or recorded).
         BrokerUnavailable: the job could not be enqueued; it is recorded as failed with the reason.
     """
     name = jobs.task_name(request.name, request.train)
@@ -133,6 +136,9 @@ def submit(request: SubmitRequest) -> jobs.Submission:
             # gc's lock, shared: the copies published below, inside this transaction, cannot be
             # collected between their publication and the commit of the rows that reference them
             retention.hold(s, {})
+            named = MethodConfig.from_dict(params["method"]).sources
+            if named:  # a named fusion source that can never be one is refused before anything is recorded
+                lineage.check_named(s, name, named)
             if request.sweep is None:
                 task, job, created = jobs.record_submission(s, name, dataset, params, request.spec, request.force,
                                                             kind=JobKind.TRAIN)

@@ -344,3 +344,35 @@ def test_storage_counts_the_fusion_layers_as_their_own_term(service, tmp_path):
     assert rows["gamma"]["theoretical_task_bytes"] == 4 * sum(t.numel() for t in stored.values())
     assert rows["alpha"]["fusion_task_bytes"] == 0 and report["fusion_total_bytes"] == fusion_bytes
     assert "fusion layers" in CliRunner().invoke(main, ["storage"]).output
+
+
+def test_submit_refuses_a_named_source_that_can_never_be_one_and_records_nothing(service, tmp_path):
+    """`--fuse-from` naming an unknown task, a layernorm task, a fused task or the task itself exits 2 at submit with
+    one line, storing and recording nothing; a source still queued passes, and a name in another case is that task."""
+    from streamlearn.submission import SubmitRequest, submit
+
+    _run(_files(tmp_path, "alpha", 10), "alpha")
+    _run(_files(tmp_path, "norms", 40), "norms", method="layernorm")
+    _run(_files(tmp_path, "gamma", 30), "gamma", method="fusion")
+    before = sorted(p for p in (service / "artifacts").rglob("*") if p.is_file())
+    delta = _files(tmp_path, "delta", 50)
+    submit_delta = ["submit-task", str(delta["train"]), "--name", "delta", "--validation", str(delta["validation"]),
+                    "--method", "fusion", "--adapter-size", "8", "--fuse-from"]
+    for fuse_from, says in (("nosuch", "error: fusion source 'nosuch' of task 'delta' is not in the catalogue"),
+                            ("alpha,norms", "error: fusion source 'norms' of task 'delta' is no adapter task"),
+                            ("gamma", "error: fusion source 'gamma' of task 'delta' is no adapter task"),
+                            ("alpha,Delta", "error: task 'delta' cannot fuse itself")):
+        result = CliRunner().invoke(main, submit_delta + [fuse_from])
+        assert result.exit_code == 2 and says in result.output and result.output.count("\n") == 1, result.output
+    with session_scope(readonly=True) as s:
+        assert [r["task"] for r in task_table(s)] == ["alpha", "norms", "gamma"]
+    assert sorted(p for p in (service / "artifacts").rglob("*") if p.is_file()) == before
+
+    beta = _files(tmp_path, "beta", 20)
+    queued = submit(SubmitRequest(beta["train"], name="beta", validation=beta["validation"], method=ADAPTER,
+                                  train_config=TRAIN)).job_id
+    fused = submit(SubmitRequest(delta["train"], name="delta", validation=delta["validation"], train_config=TRAIN,
+                                 method={**ADAPTER, "method": "fusion", "fuse_from": "ALPHA,Beta,alpha"})).job_id
+    assert pipeline.run_task(queued) == "succeeded" and pipeline.run_task(fused) == "succeeded"
+    rows = json.loads(CliRunner().invoke(main, ["tasks", "--json"]).output)
+    assert {r["task"]: r["sources"] for r in rows}["delta"] == ["alpha", "beta"]

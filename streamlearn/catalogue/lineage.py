@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from streamlearn import names as task_names
 from streamlearn.catalogue.models import Artifact, Backbone, FusionSource, Job, Task
 from streamlearn.catalogue.queries import task_table
 from streamlearn.errors import InvalidConfig, UnknownTask
@@ -45,7 +46,9 @@ def resolve(s: Session, task: str, fuse_from: Sequence[str] | None, fingerprint:
         if not names:
             raise InvalidConfig(f"task {task!r}: no earlier task with an adapter on this backbone to fuse (--fuse-from)")
     else:
-        names = list(fuse_from)
+        # names are one without regard to case (`SST2` is `sst2`): use the catalogue's spelling
+        canonical = {task_names.task_key(n): n for n in order}
+        names = list(dict.fromkeys(canonical.get(task_names.task_key(n), n) for n in fuse_from))
         for name in names:
             if name == task:
                 raise InvalidConfig(f"task {task!r} cannot fuse itself: its own adapter is always part of its fusion")
@@ -57,6 +60,36 @@ def resolve(s: Session, task: str, fuse_from: Sequence[str] | None, fingerprint:
             if prints.get(usable[name]["sha256"]) != fingerprint:
                 raise InvalidConfig(f"fusion source {name!r} of task {task!r} was trained on another backbone")
     return [{"task": n, "sha256": usable[n]["sha256"], "key": usable[n]["uri"]} for n in names]
+
+
+def check_named(s: Session, task: str, fuse_from: Sequence[str]) -> None:
+    """Refuse, at submit, a named source that can never be one, before anything is stored or queued.
+
+    `resolve` decides when the job starts; this only refuses what no later event can make valid: the
+    task itself, a name not in the catalogue, or a task with neither an adapter artifact nor a queued
+    or running `--method adapter` job. A source still training passes (the worker checks it again).
+
+    Raises:
+        InvalidConfig: the task itself, or a task that is no adapter task.
+        UnknownTask: a named source does not exist.
+    """
+    from streamlearn.catalogue.intake import _by_name
+    from streamlearn.catalogue.models import JobStatus
+
+    for name in fuse_from:
+        if task_names.task_key(name) == task_names.task_key(task):
+            raise InvalidConfig(f"task {task!r} cannot fuse itself: its own adapter is always part of its fusion")
+        source = s.scalar(_by_name(name))
+        if source is None:
+            raise UnknownTask(f"fusion source {name!r} of task {task!r} is not in the catalogue (see `streamlearn tasks`)")
+        trained = s.scalar(select(Artifact.id).join(Job, Job.id == Artifact.job_id)
+                           .where(Artifact.task_id == source.id, Job.method == "adapter").limit(1))
+        latest = s.get(Job, source.latest_job_id) if source.latest_job_id else None
+        pending = latest is not None and latest.method == "adapter" and latest.status in (JobStatus.QUEUED,
+                                                                                          JobStatus.RUNNING)
+        if trained is None and not pending:
+            raise InvalidConfig(f"fusion source {name!r} of task {task!r} is no adapter task (only --method adapter "
+                                "tasks can be sources)")
 
 
 def record(s: Session, artifact: Artifact, sources: Iterable[dict]) -> None:
