@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--layer-cost", action="store_true",
                    help="Only time the fusion layer as computed (K, V folded through the sum) against the "
                         "per-source formula, side by side, and add it to the record.")
+    p.add_argument("--fused", nargs="+", metavar="VARIANT",
+                   help="Run only these fused variants (fusion, fusion-rR); the adapters always run, as baselines and "
+                        "sources. Two processes can split one stream this way and be merged (--merge).")
     p.add_argument("--report-only", action="store_true")
     return p.parse_args(argv)
 
@@ -240,7 +243,8 @@ def run_stream(args, results: Results, cap: int, seed: int, lrs: dict, top_strea
 
 
 def _variants(args, i: int, top_stream: bool) -> list[str]:
-    variants = ["adapter"] + (["fusion", f"fusion-r{args.rank}"] if i else [])
+    fused = [v for v in ("fusion", f"fusion-r{args.rank}") if not args.fused or v in args.fused]
+    variants = ["adapter"] + (fused if i else [])
     if top_stream and i == len(args.tasks) - 1 and i > args.top:
         variants.append(f"fusion-top{args.top}")
     return variants
@@ -349,6 +353,9 @@ def layer_cost(args, results: Results, sources=(2, 5, 10), rounds: int = 5) -> N
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    known = ("fusion", f"fusion-r{args.rank}")
+    if args.fused and not set(args.fused) <= set(known):
+        raise SystemExit(f"--fused: expected {' or '.join(known)}, got {' '.join(args.fused)}")
     docs = Path(args.docs_dir)
     (docs / "results").mkdir(parents=True, exist_ok=True)
     lrs = _lrs(args)

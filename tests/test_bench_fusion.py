@@ -104,3 +104,15 @@ def test_fusion_bench_runs_the_stream_writes_the_document_and_resumes(tiny_backb
     assert [(r["rank"], r["sources"]) for r in rows] == [(0, 2), (0, 5), (0, 10), (4, 2), (4, 5), (4, 10)]
     assert all(r["max_abs_diff"] < 1e-4 and r["folded_s"] > 0 for r in rows) and len(saved["runs"]) == len(merged["runs"])
     assert "## The fusion layer's own cost" in (docs / "FUSION.md").read_text()
+
+    # --fused splits a stream between processes: this one runs the adapters and the rank-4 fusion only.
+    docs3 = tmp_path / "docs3"
+    argv3 = [a if a != str(docs) else str(docs3) for a in argv]
+    argv3[argv3.index("--caps") + 1] = "16"
+    argv3[argv3.index("--work") + 1] = str(tmp_path / "work3")
+    assert fusion.main(argv3 + ["--no-extras", "--fused", "fusion-r4"]) == 0
+    third = json.loads((docs3 / "results" / "fusion.json").read_text())
+    assert sorted({(r["task"], r["variant"]) for r in third["runs"]}) == [
+        ("alpha", "adapter"), ("beta", "adapter"), ("beta", "fusion-r4"), ("gamma", "adapter"), ("gamma", "fusion-r4")]
+    with pytest.raises(SystemExit, match="--fused: expected fusion or fusion-r4"):
+        fusion.main(argv3 + ["--fused", "fusion-r8"])
