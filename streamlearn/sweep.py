@@ -277,13 +277,17 @@ def fmt(key: str, value: Any) -> str:
 
 
 def label(hyperparameters: Mapping[str, Any] | None) -> str:
-    """A job's chosen settings as a short column, e.g. `m=64 lr=1e-3 ep=3` (seed shown when not 0)."""
+    """A job's chosen settings as a short column, e.g. `m=64 lr=1e-3 ep=3` (seed shown when not 0; AdapterDrop's
+    `N=`, fusion's `R=` and `top=` when set)."""
     if not hyperparameters or "train" not in hyperparameters:
         return "-"
     method, train = hyperparameters.get("method", {}), hyperparameters["train"]
     parts = []
-    if method.get("method", "adapter") == "adapter" and method.get("adapter_size") is not None:
+    if method.get("method", "adapter") in ("adapter", "fusion") and method.get("adapter_size") is not None:
         parts.append(f"m={method['adapter_size']}")
+    for key, short in (("drop_layers", "N"), ("fusion_rank", "R"), ("fusion_top", "top")):
+        if method.get(key):  # shown when set: AdapterDrop depth, low-rank and pruned fusion
+            parts.append(f"{short}={method[key]}")
     lr = train.get("lr")
     if lr is None:  # the method's default, which the worker resolves the same way
         lr = DEFAULT_LR.get(method.get("method", "adapter"))

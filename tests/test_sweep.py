@@ -184,6 +184,15 @@ def test_label_is_compact():
     assert label(None) == "-"
 
 
+def test_label_names_adapterdrop_depth_and_the_fusion_variant():
+    """Tasks that differ only in AdapterDrop depth, fusion rank or pruning show different labels."""
+    drop = {**BASE, "method": {**BASE["method"], "drop_layers": 2}}
+    assert label(drop) == "m=64 N=2 lr=1e-3 ep=3"
+    fused = {**BASE, "method": {**BASE["method"], "method": "fusion", "fusion_rank": 64}}
+    assert label(fused) == "m=64 R=64 lr=1e-3 ep=3"
+    assert label({**fused, "method": {**fused["method"], "fusion_rank": 0, "fusion_top": 2}}) == "m=64 top=2 lr=1e-3 ep=3"
+
+
 def test_label_shows_the_resolved_default_learning_rate():
     """A job submitted without --lr shows the rate the worker uses (the method's default), not `lr=default`."""
     assert label(BASE) == "m=64 lr=1e-3 ep=3"
