@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from streamlearn import names as task_names
-from streamlearn.catalogue.models import Artifact, Backbone, FusionSource, Job, Task
+from streamlearn.catalogue.models import Artifact, Backbone, FusionSource, Job, JobStatus, Task
 from streamlearn.catalogue.queries import task_table
 from streamlearn.errors import InvalidConfig, UnknownTask
 
@@ -51,7 +51,7 @@ def resolve(s: Session, task: str, fuse_from: Sequence[str] | None, fingerprint:
         names = list(dict.fromkeys(canonical.get(task_names.task_key(n), n) for n in fuse_from))
         for name in names:
             if name == task:
-                raise InvalidConfig(f"task {task!r} cannot fuse itself: its own adapter is always part of its fusion")
+                raise _fuses_itself(task)
             if name not in order:
                 raise UnknownTask(f"fusion source {name!r} of task {task!r} is not in the catalogue")
             if name not in usable:
@@ -74,11 +74,10 @@ def check_named(s: Session, task: str, fuse_from: Sequence[str]) -> None:
         UnknownTask: a named source does not exist.
     """
     from streamlearn.catalogue.intake import _by_name
-    from streamlearn.catalogue.models import JobStatus
 
     for name in fuse_from:
         if task_names.task_key(name) == task_names.task_key(task):
-            raise InvalidConfig(f"task {task!r} cannot fuse itself: its own adapter is always part of its fusion")
+            raise _fuses_itself(task)
         source = s.scalar(_by_name(name))
         if source is None:
             raise UnknownTask(f"fusion source {name!r} of task {task!r} is not in the catalogue (see `streamlearn tasks`)")
@@ -90,6 +89,10 @@ def check_named(s: Session, task: str, fuse_from: Sequence[str]) -> None:
         if trained is None and not pending:
             raise InvalidConfig(f"fusion source {name!r} of task {task!r} is no adapter task (only --method adapter "
                                 "tasks can be sources)")
+
+
+def _fuses_itself(task: str) -> InvalidConfig:
+    return InvalidConfig(f"task {task!r} cannot fuse itself: its own adapter is always part of its fusion")
 
 
 def record(s: Session, artifact: Artifact, sources: Iterable[dict]) -> None:
